@@ -1,0 +1,66 @@
+# llm-mesh. `make setup` installs everything (idempotent, cached); `make test` runs every test.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+SLITHER_VENV := .venv-slither
+export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# Slither builds into its own directory so it never races or cleans forge's normal output.
+SLITHER_OUT := build/slither
+
+.PHONY: help setup contracts test test-forge test-py slither lint gas snapshot clean
+
+help:
+	@echo "make setup      install npm tools, the Python venv and slither (idempotent)"
+	@echo "make test       forge tests, pytest, slither and ruff"
+	@echo "make contracts  compile and refresh the committed artifacts in chain/artifacts"
+	@echo "make gas        print settlement gas for batches of 1, 10 and 50 receipts"
+	@echo "make snapshot   rewrite the committed gas snapshot (.gas-snapshot)"
+
+setup: node_modules/.installed $(VENV)/.installed $(SLITHER_VENV)/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --prefer-offline
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@touch $@
+
+# slither pins web3 6, the project needs web3 8: it gets a venv of its own.
+$(SLITHER_VENV)/.installed: tools/slither-requirements.txt
+	@test -x $(SLITHER_VENV)/bin/python || $(PYTHON) -m venv $(SLITHER_VENV)
+	$(SLITHER_VENV)/bin/pip install --quiet -r tools/slither-requirements.txt
+	@touch $@
+
+contracts: setup
+	forge build
+	$(VENV)/bin/python tools/export_artifacts.py
+
+test: setup test-forge test-py slither lint
+
+test-forge: node_modules/.installed
+	forge test
+
+test-py: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest
+
+slither: node_modules/.installed $(SLITHER_VENV)/.installed
+	FOUNDRY_OUT=$(SLITHER_OUT)/out FOUNDRY_CACHE_PATH=$(SLITHER_OUT)/cache \
+	  forge build --build-info --skip './contracts/test/**' >/dev/null
+	$(SLITHER_VENV)/bin/slither . --config-file slither.config.json --foundry-out-directory $(SLITHER_OUT)/out
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check chain tests tools
+	$(VENV)/bin/ruff format --check chain tests tools
+
+gas: node_modules/.installed
+	forge test --match-contract GasTest -vv
+
+snapshot: node_modules/.installed
+	forge snapshot --match-contract GasTest
+
+clean:
+	rm -rf build crytic-export .pytest_cache
