@@ -22,6 +22,9 @@ class DeployParams:
     min_stake: int = 1_000 * ETHER
     unbonding_period: int = 7 * 24 * 3600
     unlock_delay: int = 24 * 3600
+    # Income reaching the vault while it has no shares would belong to its virtual shares forever,
+    # so the deployer seeds it with a real deposit whose shares stay with the admin.
+    vault_seed: int = 1 * ETHER
     developers: str | None = None
     infrastructure: str | None = None
     research: str | None = None
@@ -67,6 +70,12 @@ def deploy_contract(w3: Web3, account: LocalAccount, name: str, *args: Any) -> C
     return w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
 
 
+def _seed_vault(w3: Web3, admin: LocalAccount, token: Contract, vault: Contract, amount: int) -> None:
+    send(w3, admin, token.functions.mint(admin.address, amount))
+    send(w3, admin, token.functions.approve(vault.address, amount))
+    send(w3, admin, vault.functions.deposit(amount, admin.address))
+
+
 def deploy_all(w3: Web3, admin: LocalAccount, params: DeployParams | None = None) -> Deployment:
     """Deploy token, registries, vault and settlement; give Settlement the reputation-writer role."""
     params = params or DeployParams()
@@ -74,6 +83,7 @@ def deploy_all(w3: Web3, admin: LocalAccount, params: DeployParams | None = None
     token = deploy_contract(w3, admin, "NetworkToken", owner)
     models = deploy_contract(w3, admin, "ModelRegistry", owner)
     vault = deploy_contract(w3, admin, "HysaVault", token.address)
+    _seed_vault(w3, admin, token, vault, params.vault_seed)
     nodes = deploy_contract(
         w3, admin, "NodeRegistry", token.address, models.address, owner, vault.address,
         params.min_stake, params.unbonding_period,

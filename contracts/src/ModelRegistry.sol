@@ -80,7 +80,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         if (msg.sender != m.publisher && !hasRole(CURATOR_ROLE, msg.sender)) {
             revert NotPublisherOrCurator(modelId, msg.sender);
         }
-        if (m.status == Status.Deprecated) revert WrongModelStatus(modelId, m.status, Status.Approved);
+        if (m.status == Status.Deprecated) revert ModelAlreadyDeprecated(modelId);
         m.status = Status.Deprecated;
         emit ModelDeprecated(modelId, msg.sender);
     }

@@ -84,7 +84,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         _checkText(nodeId, MAX_NODE_ID_BYTES, "nodeId");
         _checkText(endpoint, MAX_ENDPOINT_BYTES, "endpoint");
         _checkText(hardware, MAX_HARDWARE_BYTES, "hardware");
-        _claimNodeId(nodeId);
+        _claimNodeId(node, nodeId);
         _checkHostable(modelIds);
 
         if (node.registeredAt == 0) _operators.push(msg.sender);
@@ -243,11 +243,14 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         if (!node.registered) revert NotRegistered(operator);
     }
 
-    function _claimNodeId(string calldata nodeId) private {
+    /// @dev A returning operator that picks a new id gives its old one back, so ids are not hoarded.
+    function _claimNodeId(Node storage node, string calldata nodeId) private {
         bytes32 idHash = keccak256(bytes(nodeId));
         address owner = nodeIdOwner[idHash];
-        if (owner == address(0)) nodeIdOwner[idHash] = msg.sender;
-        else if (owner != msg.sender) revert NodeIdTaken(nodeId, owner);
+        if (owner != address(0) && owner != msg.sender) revert NodeIdTaken(nodeId, owner);
+        bytes32 oldHash = keccak256(bytes(node.nodeId));
+        if (node.registeredAt != 0 && oldHash != idHash) delete nodeIdOwner[oldHash];
+        nodeIdOwner[idHash] = msg.sender;
     }
 
     function _checkHostable(uint256[] calldata modelIds) private view {

@@ -9,6 +9,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {IERC20Permit} from "@openzeppelin/contracts/token/ERC20/extensions/IERC20Permit.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {ISettlement} from "./interfaces/ISettlement.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 
@@ -210,10 +211,11 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
 
     /// @inheritdoc ISettlement
     function split(uint256 amount) public pure returns (Split memory parts) {
-        parts.node = amount * NODE_BPS / BPS;
-        parts.developers = amount * DEVELOPERS_BPS / BPS;
-        parts.hysa = amount * HYSA_BPS / BPS;
-        parts.infrastructure = amount * INFRASTRUCTURE_BPS / BPS;
+        // mulDiv keeps the public view exact for any uint256, not just amounts settlement can reach.
+        parts.node = Math.mulDiv(amount, NODE_BPS, BPS);
+        parts.developers = Math.mulDiv(amount, DEVELOPERS_BPS, BPS);
+        parts.hysa = Math.mulDiv(amount, HYSA_BPS, BPS);
+        parts.infrastructure = Math.mulDiv(amount, INFRASTRUCTURE_BPS, BPS);
         parts.research = amount - parts.node - parts.developers - parts.hysa - parts.infrastructure;
     }
 

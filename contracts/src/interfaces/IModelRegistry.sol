@@ -51,6 +51,8 @@ interface IModelRegistry {
     error UnknownModel(uint256 modelId);
     /// @notice The model is not in the status the action needs.
     error WrongModelStatus(uint256 modelId, Status current, Status expected);
+    /// @notice The model is already deprecated.
+    error ModelAlreadyDeprecated(uint256 modelId);
     /// @notice Only the publisher or a curator may deprecate a model.
     error NotPublisherOrCurator(uint256 modelId, address caller);
 
