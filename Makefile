@@ -43,24 +43,30 @@ test: setup test-forge test-py slither lint
 
 test-forge: node_modules/.installed
 	forge test
+	forge snapshot --check --match-path $(GAS_TESTS)
 
 test-py: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest
 
 slither: node_modules/.installed $(SLITHER_VENV)/.installed
+	@rm -rf $(SLITHER_OUT)  # stale build-info files would make slither read old source maps
 	FOUNDRY_OUT=$(SLITHER_OUT)/out FOUNDRY_CACHE_PATH=$(SLITHER_OUT)/cache \
 	  forge build --build-info --skip './contracts/test/**' >/dev/null
 	$(SLITHER_VENV)/bin/slither . --config-file slither.config.json --foundry-out-directory $(SLITHER_OUT)/out
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed node_modules/.installed
+	forge fmt --check contracts
+	forge lint contracts/src
 	$(VENV)/bin/ruff check chain tests tools
 	$(VENV)/bin/ruff format --check chain tests tools
 
+GAS_TESTS := contracts/test/Gas.t.sol
+
 gas: node_modules/.installed
-	forge test --match-contract GasTest -vv
+	forge test --match-path $(GAS_TESTS) -vv
 
 snapshot: node_modules/.installed
-	forge snapshot --match-contract GasTest
+	forge snapshot --match-path $(GAS_TESTS)
 
 clean:
 	rm -rf build crytic-export .pytest_cache

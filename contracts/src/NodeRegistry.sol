@@ -75,9 +75,12 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     }
 
     /// @inheritdoc INodeRegistry
-    function register(string calldata nodeId, string calldata endpoint, string calldata hardware, uint256[] calldata modelIds)
-        external
-    {
+    function register(
+        string calldata nodeId,
+        string calldata endpoint,
+        string calldata hardware,
+        uint256[] calldata modelIds
+    ) external {
         Node storage node = _nodes[msg.sender];
         if (node.registered) revert AlreadyRegistered(msg.sender);
         if (node.stake < minStake) revert StakeBelowMinimum(node.stake, minStake);
@@ -165,7 +168,11 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     }
 
     /// @inheritdoc INodeRegistry
-    function slash(address operator, uint256 amount, string calldata reason) external onlyRole(SLASHER_ROLE) nonReentrant {
+    function slash(address operator, uint256 amount, string calldata reason)
+        external
+        onlyRole(SLASHER_ROLE)
+        nonReentrant
+    {
         if (amount == 0) revert ZeroAmount();
         Node storage node = _nodes[operator];
         uint256 available = node.stake + node.unbonding;

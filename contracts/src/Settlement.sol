@@ -124,7 +124,8 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
         if (block.timestamp < e.unlockReadyAt) revert UnlockNotReady(e.unlockReadyAt, block.timestamp);
         // Settlement may have spent part of the unlocking amount during the delay.
         amount = e.unlocking < e.balance ? e.unlocking : e.balance;
-        e.balance -= uint128(amount);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        e.balance -= uint128(amount); // amount <= e.balance, a uint128
         e.unlocking = 0;
         e.unlockReadyAt = 0;
         emit EscrowWithdrawn(msg.sender, amount);
@@ -169,20 +170,20 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
     // ---------------------------------------------------------------- views
 
     /// @inheritdoc ISettlement
-    function hashReceipt(UsageReceipt calldata receipt) public view returns (bytes32) {
-        return _hashTypedDataV4(
-            keccak256(
-                abi.encode(
-                    USAGE_RECEIPT_TYPEHASH,
-                    receipt.payer,
-                    receipt.node,
-                    receipt.modelId,
-                    receipt.cumulativeTokens,
-                    receipt.cumulativeAmount,
-                    receipt.expiry
-                )
-            )
-        );
+    function hashReceipt(UsageReceipt calldata receipt) public view returns (bytes32 digest) {
+        bytes32 typeHash = USAGE_RECEIPT_TYPEHASH;
+        bytes32 structHash;
+        // hashStruct = keccak256(typeHash || the six static fields). The fields are copied straight
+        // from calldata into scratch memory above the free pointer (never allocated), because
+        // settle hashes every receipt of a batch and allocating would grow memory per receipt.
+        // Every field is a full word in the ABI encoding, so the copy is exactly abi.encode's.
+        assembly ("memory-safe") {
+            let ptr := mload(0x40)
+            mstore(ptr, typeHash)
+            calldatacopy(add(ptr, 0x20), receipt, 0xc0)
+            structHash := keccak256(ptr, 0xe0)
+        }
+        digest = _hashTypedDataV4(structHash);
     }
 
     /// @inheritdoc ISettlement
@@ -266,11 +267,15 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
                 emit ReceiptRejected(signed.receipt.payer, node, i, err);
                 continue;
             }
-            run.amount += amount;
-            run.tokens += tokens;
-            run.receipts += 1;
-            totalPaid += amount;
-            ++settled;
+            // Each amount and token delta is below 2^128 (checked in _apply), so sums over a batch
+            // cannot overflow 256 bits.
+            unchecked {
+                run.amount += amount;
+                run.tokens += tokens;
+                run.receipts += 1;
+                totalPaid += amount;
+                ++settled;
+            }
         }
         _closeRun(run, owed);
         _payTreasury(owed);
@@ -298,26 +303,32 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
             return (abi.encodeWithSelector(InvalidNodeSignature.selector, r.node), 0, 0);
         }
         Channel storage channel = _channels[r.payer][r.node];
-        Channel memory paid = channel;
-        if (r.cumulativeAmount <= paid.amount) {
-            return (abi.encodeWithSelector(StaleReceipt.selector, r.payer, r.node, r.cumulativeAmount, paid.amount), 0, 0);
+        (uint256 paidAmount, uint256 paidTokens) = (channel.amount, channel.tokens);
+        if (r.cumulativeAmount <= paidAmount) {
+            return
+                (abi.encodeWithSelector(StaleReceipt.selector, r.payer, r.node, r.cumulativeAmount, paidAmount), 0, 0);
         }
-        if (r.cumulativeTokens < paid.tokens || r.cumulativeTokens > type(uint128).max) {
+        if (r.cumulativeTokens < paidTokens || r.cumulativeTokens > type(uint128).max) {
             return (
-                abi.encodeWithSelector(InconsistentTokens.selector, r.payer, r.node, r.cumulativeTokens, paid.tokens),
+                abi.encodeWithSelector(InconsistentTokens.selector, r.payer, r.node, r.cumulativeTokens, paidTokens),
                 0,
                 0
             );
         }
-        amount = r.cumulativeAmount - paid.amount;
+        amount = r.cumulativeAmount - paidAmount;
         Escrow storage escrow = _escrows[r.payer];
         uint256 available = escrow.balance;
         if (amount > available) {
             return (abi.encodeWithSelector(InsufficientEscrow.selector, r.payer, amount, available), 0, 0);
         }
-        tokens = r.cumulativeTokens - paid.tokens;
+        tokens = r.cumulativeTokens - paidTokens;
+        // All three fit in 128 bits: the receipt's values were range-checked above, and the new
+        // balance is below the old one.
+        // forge-lint: disable-next-line(unsafe-typecast)
         channel.amount = uint128(r.cumulativeAmount);
+        // forge-lint: disable-next-line(unsafe-typecast)
         channel.tokens = uint128(r.cumulativeTokens);
+        // forge-lint: disable-next-line(unsafe-typecast)
         escrow.balance = uint128(available - amount);
         emit ReceiptSettled(r.payer, r.node, r.modelId, tokens, amount);
     }

@@ -133,7 +133,9 @@ contract HysaVaultTest is Base {
     function test_RevertWhen_redeemMoreThanOwned() public {
         _vaultDeposit(payer, 100 ether);
         vm.expectRevert(
-            abi.encodeWithSelector(ERC4626.ERC4626ExceededMaxRedeem.selector, payer, 100 * ONE_SHARE + 1, 100 * ONE_SHARE)
+            abi.encodeWithSelector(
+                ERC4626.ERC4626ExceededMaxRedeem.selector, payer, 100 * ONE_SHARE + 1, 100 * ONE_SHARE
+            )
         );
         vm.prank(payer);
         vault.redeem(100 * ONE_SHARE + 1, payer, payer);

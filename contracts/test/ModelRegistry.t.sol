@@ -105,7 +105,9 @@ contract ModelRegistryTest is Base {
 
     function test_propose_newVersionEmitsItsVersionNumber() public {
         vm.expectEmit(true, true, false, true, address(models));
-        emit IModelRegistry.ModelProposed(2, "gemma-3-270m", 2, "bafkreigemma-v2", keccak256("bafkreigemma-v2"), publisher);
+        emit IModelRegistry.ModelProposed(
+            2, "gemma-3-270m", 2, "bafkreigemma-v2", keccak256("bafkreigemma-v2"), publisher
+        );
         _propose(publisher, _spec("gemma-3-270m", "bafkreigemma-v2"));
     }
 
@@ -376,7 +378,9 @@ contract ModelRegistryTest is Base {
     function test_RevertWhen_approveByNonCurator() public {
         uint256 id = _propose(publisher, _spec(NAME, CID));
         bytes32 role = models.CURATOR_ROLE();
-        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role));
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role)
+        );
         vm.prank(stranger);
         models.approve(id);
         vm.assertFalse(models.isApproved(id), "still proposed");
@@ -385,7 +389,9 @@ contract ModelRegistryTest is Base {
     function test_RevertWhen_publisherApprovesOwnModel() public {
         uint256 id = _propose(publisher, _spec(NAME, CID));
         bytes32 role = models.CURATOR_ROLE();
-        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, publisher, role));
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, publisher, role)
+        );
         vm.prank(publisher);
         models.approve(id);
     }
@@ -409,7 +415,10 @@ contract ModelRegistryTest is Base {
         models.deprecate(id);
         vm.expectRevert(
             abi.encodeWithSelector(
-                IModelRegistry.WrongModelStatus.selector, id, IModelRegistry.Status.Deprecated, IModelRegistry.Status.Proposed
+                IModelRegistry.WrongModelStatus.selector,
+                id,
+                IModelRegistry.Status.Deprecated,
+                IModelRegistry.Status.Proposed
             )
         );
         vm.prank(curator);
@@ -487,7 +496,9 @@ contract ModelRegistryTest is Base {
         vm.expectRevert(abi.encodeWithSelector(IModelRegistry.ModelAlreadyDeprecated.selector, modelId));
         vm.prank(curator);
         models.deprecate(modelId);
-        vm.assertEq(uint256(models.getModel(modelId).status), uint256(IModelRegistry.Status.Deprecated), "still deprecated");
+        vm.assertEq(
+            uint256(models.getModel(modelId).status), uint256(IModelRegistry.Status.Deprecated), "still deprecated"
+        );
     }
 
     function test_RevertWhen_deprecateTwice_byPublisherOfProposedModel() public {

@@ -46,7 +46,8 @@ contract NodeRegistryTest is Base {
         ids = new uint256[](n);
         for (uint256 i; i < n; ++i) {
             string memory suffix = vm.toString(i);
-            ids[i] = _approvedModel(string(abi.encodePacked("m-", suffix)), string(abi.encodePacked("bafkreim-", suffix)));
+            ids[i] =
+                _approvedModel(string(abi.encodePacked("m-", suffix)), string(abi.encodePacked("bafkreim-", suffix)));
         }
     }
 
@@ -71,9 +72,7 @@ contract NodeRegistryTest is Base {
 
     function test_RevertWhen_constructedWithZeroMinStake() public {
         vm.expectRevert(
-            abi.encodeWithSelector(
-                INodeRegistry.ParameterOutOfBounds.selector, "minStake", 0, 1, nodes.MAX_MIN_STAKE()
-            )
+            abi.encodeWithSelector(INodeRegistry.ParameterOutOfBounds.selector, "minStake", 0, 1, nodes.MAX_MIN_STAKE())
         );
         new NodeRegistry(IERC20(address(token)), models, admin, address(vault), 0, UNBONDING_PERIOD);
     }
@@ -658,9 +657,7 @@ contract NodeRegistryTest is Base {
 
     function test_RevertWhen_InsufficientStake_unbond() public {
         _stake(node, 2000 ether);
-        vm.expectRevert(
-            abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 2000 ether + 1, 2000 ether)
-        );
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 2000 ether + 1, 2000 ether));
         _unbond(node, 2000 ether + 1);
     }
 
@@ -925,9 +922,7 @@ contract NodeRegistryTest is Base {
     function test_RevertWhen_InsufficientStake_slash() public {
         _stake(node, 2000 ether);
         _unbond(node, 500 ether);
-        vm.expectRevert(
-            abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 2000 ether + 1, 2000 ether)
-        );
+        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 2000 ether + 1, 2000 ether));
         vm.prank(slasher);
         nodes.slash(node, 2000 ether + 1, "x");
     }
@@ -946,7 +941,9 @@ contract NodeRegistryTest is Base {
     function test_RevertWhen_slashByNonSlasher() public {
         _stake(node, 2000 ether);
         bytes32 role = nodes.SLASHER_ROLE();
-        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role));
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role)
+        );
         vm.prank(stranger);
         nodes.slash(node, 1 ether, "x");
         vm.assertEq(nodes.getNode(node).stake, 2000 ether, "untouched");
@@ -1008,7 +1005,9 @@ contract NodeRegistryTest is Base {
 
     function test_RevertWhen_recordSettlementByStranger() public {
         bytes32 role = nodes.SETTLEMENT_ROLE();
-        vm.expectRevert(abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role));
+        vm.expectRevert(
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, role)
+        );
         vm.prank(stranger);
         nodes.recordSettlement(node, 1000, 2 ether, 1);
     }
@@ -1120,7 +1119,8 @@ contract NodeRegistryTest is Base {
 
     function test_RevertWhen_adminSettersByNonAdmin() public {
         bytes32 role = nodes.DEFAULT_ADMIN_ROLE();
-        bytes memory err = abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, slasher, role);
+        bytes memory err =
+            abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, slasher, role);
         vm.expectRevert(err);
         vm.prank(slasher);
         nodes.setMinStake(1 ether);

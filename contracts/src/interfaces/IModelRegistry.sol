@@ -58,7 +58,12 @@ interface IModelRegistry {
 
     /// @notice A model version was proposed.
     event ModelProposed(
-        uint256 indexed modelId, string name, uint32 version, string cid, bytes32 sha256Digest, address indexed publisher
+        uint256 indexed modelId,
+        string name,
+        uint32 version,
+        string cid,
+        bytes32 sha256Digest,
+        address indexed publisher
     );
     /// @notice A curator approved a model version; nodes may now host it.
     event ModelApproved(uint256 indexed modelId, address indexed curator);

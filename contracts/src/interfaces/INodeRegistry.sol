@@ -84,7 +84,7 @@ interface INodeRegistry {
     /// @notice The unbonding period changed.
     event UnbondingPeriodChanged(uint256 oldValue, uint256 newValue);
     /// @notice Where slashed stake goes changed.
-    event SlashRecipientChanged(address oldValue, address newValue);
+    event SlashRecipientChanged(address indexed oldValue, address indexed newValue);
 
     /// @notice Adds to the caller's stake (needs an ERC-20 allowance).
     /// @param amount Tokens to stake.
@@ -95,8 +95,12 @@ interface INodeRegistry {
     /// @param endpoint The node's public HTTP base URL.
     /// @param hardware A short hardware profile (for example JSON).
     /// @param modelIds Approved models the node hosts.
-    function register(string calldata nodeId, string calldata endpoint, string calldata hardware, uint256[] calldata modelIds)
-        external;
+    function register(
+        string calldata nodeId,
+        string calldata endpoint,
+        string calldata hardware,
+        uint256[] calldata modelIds
+    ) external;
 
     /// @notice Changes the caller's endpoint.
     /// @param endpoint The new endpoint URL.

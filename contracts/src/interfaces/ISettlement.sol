@@ -130,7 +130,9 @@ interface ISettlement {
     /// @notice An account withdrew its earnings.
     event EarningsWithdrawn(address indexed account, uint256 amount);
     /// @notice The treasury recipients changed.
-    event TreasuryChanged(address developers, address hysaVault, address infrastructure, address research);
+    event TreasuryChanged(
+        address indexed developers, address indexed hysaVault, address indexed infrastructure, address research
+    );
     /// @notice The escrow unlock delay changed.
     event UnlockDelayChanged(uint256 oldValue, uint256 newValue);
 
