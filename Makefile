@@ -19,8 +19,11 @@ help:
 
 setup: node_modules/.installed $(VENV)/.installed $(SLITHER_VENV)/.installed
 
+# `npm install` with the committed lock, not `npm ci`: forge and anvil list prebuilt binaries for
+# every platform as optional dependencies, and a registry that lacks some of them leaves those out
+# of the lock, which `npm ci` rejects. .ci/run fails if the lock file changes.
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund --prefer-offline
+	npm install --no-audit --no-fund --prefer-offline
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml
