@@ -5,17 +5,22 @@ PYTHON ?= python3
 VENV := .venv
 SLITHER_VENV := .venv-slither
 export PATH := $(CURDIR)/node_modules/.bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+# kubo (`ipfs`): build/bin/ipfs, linked by `make kubo` to an installed kubo or the pinned build.
+export PATH := $(CURDIR)/build/bin:$(PATH)
 # Slither builds into its own directory so it never races or cleans forge's normal output.
 SLITHER_OUT := build/slither
 
-.PHONY: help setup contracts test test-forge test-py slither lint gas snapshot clean
+.PHONY: help setup contracts test test-forge test-py slither lint gas snapshot devnet clean
 
 help:
 	@echo "make setup      install npm tools, the Python venv and slither (idempotent)"
-	@echo "make test       forge tests, pytest, slither and ruff"
+	@echo "make test       forge tests, pytest, slither and the linters"
 	@echo "make contracts  compile and refresh the committed artifacts in chain/artifacts"
 	@echo "make gas        print settlement gas for batches of 1, 10 and 50 receipts"
 	@echo "make snapshot   rewrite the committed gas snapshot (.gas-snapshot)"
+	@echo "make devnet     a local chain with the contracts deployed and test accounts funded"
+	@echo "make kubo       put kubo (ipfs) in build/bin: an installed one, else the pinned build (cached)"
+	@echo "make bench      benchmarks with ratios against their anchors (storage: verify, fetch)"
 
 setup: node_modules/.installed $(VENV)/.installed $(SLITHER_VENV)/.installed
 
@@ -60,8 +65,8 @@ slither: node_modules/.installed $(SLITHER_VENV)/.installed
 lint: $(VENV)/.installed node_modules/.installed
 	forge fmt --check contracts
 	forge lint contracts/src
-	$(VENV)/bin/ruff check chain tests tools
-	$(VENV)/bin/ruff format --check chain tests tools
+	$(VENV)/bin/ruff check chain storage node scripts tests tools bench
+	$(VENV)/bin/ruff format --check chain storage node scripts tests tools bench
 
 GAS_TESTS := contracts/test/Gas.t.sol
 
@@ -71,5 +76,22 @@ gas: node_modules/.installed
 snapshot: node_modules/.installed
 	forge snapshot --match-path $(GAS_TESTS)
 
+devnet: setup
+	$(VENV)/bin/python -m scripts.devnet
+
 clean:
 	rm -rf build crytic-export .pytest_cache
+
+# kubo: an installed `ipfs` when there is one, else kubo at the version pinned in tools/kubo/go.mod,
+# built once with Go (several minutes) and cached in ~/.cache/llm-mesh/kubo-<version>/ for later runs.
+.PHONY: kubo bench bench-storage
+KUBO := build/bin/ipfs
+setup: kubo
+kubo: $(KUBO)
+$(KUBO): tools/kubo/go.mod tools/kubo/go.sum tools/kubo/build.sh
+	tools/kubo/build.sh $@
+
+# Benchmarks print ratios against their anchors (measured side by side in one run).
+bench: bench-storage
+bench-storage: $(VENV)/.installed $(KUBO)
+	$(VENV)/bin/python bench/storage_bench.py

@@ -3,29 +3,28 @@
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from web3 import Web3
 
-ROOT = Path(__file__).resolve().parent.parent
-NODE_BIN = ROOT / "node_modules" / ".bin"
+from scripts.devnet import ROOT, find_tool
+
+__all__ = ["ROOT", "free_port", "tool"]
 
 
 def tool(name: str) -> str:
     """Path of a project tool (forge, anvil) installed by `make setup`."""
-    path = NODE_BIN / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed: run `make setup`")
-    return found
+    try:
+        return find_tool(name)
+    except SystemExit as exc:
+        pytest.fail(str(exc))
 
 
 def free_port() -> int:
@@ -56,6 +55,7 @@ def anvil() -> Iterator[Web3]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "NO_COLOR": "1"},
+        start_new_session=True,
     )
     w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}", request_kwargs={"timeout": 30}))
     try:
@@ -78,3 +78,44 @@ def chain_snapshot(anvil: Web3) -> Iterator[Web3]:
         yield anvil
     finally:
         anvil.provider.make_request("evm_revert", [snapshot])
+
+
+@dataclass
+class Marketplace:
+    """The contracts deployed on Anvil by `admin` (Anvil's account 0)."""
+
+    w3: Web3
+    deployment: Any
+    admin: Any
+
+    def contract(self, name: str) -> Any:
+        """A web3 contract object for one deployed contract, by artifact name."""
+        from chain.artifacts import load_artifact
+
+        field = re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+        return self.w3.eth.contract(address=getattr(self.deployment, field), abi=load_artifact(name).abi)
+
+
+@pytest.fixture
+def marketplace(chain_snapshot: Web3) -> Marketplace:
+    """Every contract deployed with default parameters; reverted after the test."""
+    from chain.accounts import dev_account
+    from chain.deploy import deploy_all
+
+    admin = dev_account(0)
+    return Marketplace(w3=chain_snapshot, deployment=deploy_all(chain_snapshot, admin), admin=admin)
+
+
+@pytest.fixture
+def automine_off(chain_snapshot: Web3) -> Iterator[Web3]:
+    """Anvil with automine disabled for the test; re-enabled and pending transactions mined after."""
+    chain_snapshot.provider.make_request("evm_setAutomine", [False])
+    try:
+        yield chain_snapshot
+    finally:
+        chain_snapshot.provider.make_request("evm_setAutomine", [True])
+        chain_snapshot.provider.make_request("evm_mine", [])
+
+
+# Storage fixtures (real kubo daemons, a gateway server, the real model): defined in storage_fixtures.py.
+from tests.storage_fixtures import anyio_backend, gemma_model, gemma_sha256, kubo_bin, kubo_pair  # noqa: E402, F401

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from eth_account import Account
-
+from chain.accounts import dev_account
 from chain.artifacts import load_artifact
-from chain.deploy import DeployParams, deploy_all, send
-
-ADMIN_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # Anvil's account 0
+from chain.deploy import DeployParams, deploy_all
+from chain.tx import TxSender
 
 
 def contract(w3, name: str, address: str):
@@ -16,7 +14,7 @@ def contract(w3, name: str, address: str):
 
 def test_deployAll_wiresRolesAndParameters(chain_snapshot) -> None:
     w3 = chain_snapshot
-    admin = Account.from_key(ADMIN_KEY)
+    admin = dev_account(0)
     params = DeployParams(min_stake=5 * 10**18, unbonding_period=2 * 3600, unlock_delay=1800)
     d = deploy_all(w3, admin, params)
     nodes = contract(w3, "NodeRegistry", d.node_registry)
@@ -32,7 +30,7 @@ def test_deployAll_wiresRolesAndParameters(chain_snapshot) -> None:
 
 def test_deployAll_seedsVaultSoEarlyIncomeHasAnOwner(chain_snapshot) -> None:
     w3 = chain_snapshot
-    admin = Account.from_key(ADMIN_KEY)
+    admin = dev_account(0)
     d = deploy_all(w3, admin)
     vault = contract(w3, "HysaVault", d.hysa_vault)
     token = contract(w3, "NetworkToken", d.network_token)
@@ -40,7 +38,7 @@ def test_deployAll_seedsVaultSoEarlyIncomeHasAnOwner(chain_snapshot) -> None:
     assert vault.functions.totalAssets().call() == seed
     # Income before any user deposits (a fee or slash is a plain transfer) belongs to the seed holder.
     income = 10 * 10**18
-    send(w3, admin, token.functions.mint(d.hysa_vault, income))
+    TxSender(w3, admin).send(token.functions.mint(d.hysa_vault, income))
     shares = vault.functions.balanceOf(admin.address).call()
     claimable = vault.functions.convertToAssets(shares).call()
     assert seed + income - claimable <= (seed + income) // 10**6  # virtual shares keep at most a millionth

@@ -92,9 +92,14 @@ def test_requestAuth_signedInPython_recoversInSolidity(settlement, anvil, messag
 def test_highS_refusedInPythonAndSolidity(settlement, anvil) -> None:
     account = Account.from_key(ANVIL_KEY)
     message = {
-        "payer": account.address, "node": account.address, "modelId": 1, "maxTokens": 256,
-        "maxPricePer1k": 10**18, "nonce": 7, "deadline": 2**40,
-    }  # fmt: skip
+        "payer": account.address,
+        "node": account.address,
+        "modelId": 1,
+        "maxTokens": 256,
+        "maxPricePer1k": 10**18,
+        "nonce": 7,
+        "deadline": 2**40,
+    }
     sig = eip712.sign(account.key, "RequestAuth", message, anvil.eth.chain_id, settlement.address)
     high_s = (eip712.SECP256K1_N - int.from_bytes(sig.s, "big")).to_bytes(32, "big")
     malleable = eip712.Signature(v=55 - sig.v, r=sig.r, s=high_s)  # 27 <-> 28
@@ -109,3 +114,17 @@ def test_highS_refusedInPythonAndSolidity(settlement, anvil) -> None:
 def test_typedData_rejectsWrongFields() -> None:
     with pytest.raises(ChainError, match="missing"):
         eip712.typed_data("UsageReceipt", {"payer": "0x" + "11" * 20}, 1, "0x" + "22" * 20)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(message=receipt_strategy())
+def test_receipt_signedByWallet_recoversInPythonAndSolidity(settlement, anvil, message) -> None:
+    """The reverse direction: a wallet (Anvil's eth_signTypedData_v4) signs, Python and Solidity verify."""
+    signer = anvil.eth.accounts[0]
+    document = eip712.typed_data("UsageReceipt", message, anvil.eth.chain_id, settlement.address)
+    document["message"] = {k: str(v) if isinstance(v, int) else v for k, v in document["message"].items()}
+    raw = anvil.provider.make_request("eth_signTypedData_v4", [signer, document])["result"]
+    sig = eip712.Signature.from_bytes(bytes.fromhex(raw.removeprefix("0x")))
+    assert eip712.recover("UsageReceipt", message, sig, anvil.eth.chain_id, settlement.address) == signer
+    digest = settlement.functions.hashReceipt(as_tuple("UsageReceipt", message)).call()
+    assert Account._recover_hash(digest, vrs=(sig.v, sig.r, sig.s)) == signer

@@ -1,0 +1,169 @@
+"""Node configuration: a pydantic model loaded from a JSON file, overridable from the environment.
+
+`scripts/configure_node.py` writes it; `node/config.sample.json` is the committed example.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The seeds' node requirements. CPU-only nodes are allowed (small models run well on CPUs), so the
+# GPU minimum is a warning, never a refusal.
+MINIMUM = {"vram_gb": 10, "cpu_cores": 8, "ram_gb": 32, "storage_gb": 500, "bandwidth_mbps": 100}
+RECOMMENDED = {"vram_gb": 24, "cpu_cores": 16, "ram_gb": 64, "storage_gb": 2000, "bandwidth_mbps": 1000}
+GPU_VRAM_GB = {
+    "none": 0,
+    "rtx3060": 12,
+    "rtx3080": 10,
+    "rtx3090": 24,
+    "rtx4070": 12,
+    "rtx4080": 16,
+    "rtx4090": 24,
+    "rtx5090": 32,
+    "a10": 24,
+    "l4": 24,
+    "a100": 80,
+    "h100": 80,
+}
+
+
+class ConfigError(Exception):
+    """The node configuration is missing or invalid; the message says what to fix."""
+
+
+class Hardware(BaseModel):
+    """What the operator's machine offers (declared on chain as the node's hardware profile)."""
+
+    gpu: str = "none"
+    vram_gb: int = Field(0, ge=0, le=4096)
+    cpu_cores: int = Field(..., ge=1, le=4096)
+    ram_gb: int = Field(..., ge=1, le=65536)
+    storage_gb: int = Field(..., ge=1, le=10_000_000)
+    bandwidth_mbps: int = Field(100, ge=1, le=1_000_000)
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str) -> str:
+        name = value.lower().replace(" ", "").replace("-", "")
+        if name not in GPU_VRAM_GB:
+            raise ValueError(f"unknown GPU {value!r}; known: {', '.join(sorted(GPU_VRAM_GB))}")
+        return name
+
+    def below_minimum(self) -> list[str]:
+        """Human-readable shortfalls against the seeds' minimum specs (empty when none)."""
+        have = self.model_dump()
+        return [
+            f"{key} {have[key]} is below the minimum {need}"
+            for key, need in MINIMUM.items()
+            if have[key] < need
+        ]
+
+    def profile(self) -> str:
+        """The compact JSON profile registered on chain."""
+        return json.dumps(self.model_dump(), separators=(",", ":"), sort_keys=True)
+
+
+class HostedModel(BaseModel):
+    """One model this node serves, and how llama.cpp should run it."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    model_id: int | None = Field(None, ge=1)
+    gpu_layers: int = Field(0, ge=-1, le=1000)
+    n_ctx: int = Field(4096, ge=128, le=1_048_576)
+    threads: int = Field(4, ge=1, le=1024)
+
+
+class ChainSettings(BaseModel):
+    """How the node reaches the chain and signs."""
+
+    rpc_url: str = "http://127.0.0.1:8545"
+    deployment: Path = Path(".devnet/deployment.json")
+    keystore: Path | None = None
+    password_file: Path | None = None
+
+
+class NodeConfig(BaseSettings):
+    """The whole node configuration. Environment variables override the file:
+    LLM_MESH_NODE_<FIELD>, nested with `__` (e.g. LLM_MESH_NODE_CHAIN__RPC_URL)."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_MESH_NODE_", env_nested_delimiter="__", extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # The environment wins over the file's values, so a deployment can override one field.
+        return (env_settings, init_settings)
+
+    node_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    endpoint: str = Field("http://127.0.0.1:8080", max_length=256)
+    hardware: Hardware
+    models: list[HostedModel] = Field(default_factory=list, max_length=32)
+    chain: ChainSettings = Field(default_factory=ChainSettings)
+    cache_dir: Path = Path(".cache/models")
+    cache_limit_gb: float = Field(100.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+            raise ValueError("endpoint must be an http:// or https:// URL, e.g. http://203.0.113.7:8080")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> NodeConfig:
+        names = [m.name for m in self.models]
+        if len(names) != len(set(names)):
+            raise ValueError("a model is listed twice in models")
+        if self.cache_limit_gb > self.hardware.storage_gb:
+            raise ValueError(
+                f"cache_limit_gb {self.cache_limit_gb} exceeds the declared storage "
+                f"{self.hardware.storage_gb} GB"
+            )
+        if self.hardware.gpu == "none" and any(m.gpu_layers != 0 for m in self.models):
+            raise ValueError("gpu_layers must be 0 for every model on a node without a GPU")
+        return self
+
+
+def load_config(path: Path) -> NodeConfig:
+    """Load and validate the config file (environment variables override it)."""
+    try:
+        data: dict[str, Any] = json.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"no node config at {path}: create one with scripts/configure_node.py") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    try:
+        return NodeConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path} is invalid:\n{_errors(exc)}") from exc
+
+
+def build_config(**values: Any) -> NodeConfig:
+    """Validate config values (from a script's arguments), with readable errors."""
+    try:
+        return NodeConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_errors(exc)) from exc
+
+
+def save_config(config: NodeConfig, path: Path) -> None:
+    """Write the config atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(config.model_dump_json(indent=2, exclude_none=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _errors(exc: ValidationError) -> str:
+    return "\n".join(f"  {'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,37 @@
+"""Approve a proposed model version (curator role), so nodes may host and bill for it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scripts.common import connect, parser, run
+
+STATUS = ("none", "proposed", "approved", "deprecated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--model-id", type=int, required=True, help="the model id printed by publish_model.py")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    session = connect(args)
+    model = session.models.functions.getModel(args.model_id).call()
+    name, status = model[0], STATUS[model[9]]
+    if status == "approved":
+        print(f"model {args.model_id} ({name}) is already approved")
+        return 0
+    session.send(session.models.functions.approve(args.model_id))
+    print(f"approved model {args.model_id} ({name} v{model[10]}, cid {model[1]})")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

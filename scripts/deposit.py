@@ -1,0 +1,43 @@
+"""Deposit MESH into your Settlement escrow, from which nodes are paid per 1K tokens."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--amount", required=True, help="MESH to deposit")
+    p.add_argument("--for", dest="beneficiary", help="fund another payer's escrow instead of your own")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    amount = parse_amount(args.amount)
+    session = connect(args)
+    balance = session.token.functions.balanceOf(session.address).call()
+    if balance < amount:
+        raise UsageError(
+            f"insufficient balance: depositing {fmt(amount)} needs it, the account holds {fmt(balance)}"
+        )
+    payer = session.w3.to_checksum_address(args.beneficiary) if args.beneficiary else session.address
+    session.send(session.token.functions.approve(session.settlement.address, amount))
+    if payer == session.address:
+        session.send(session.settlement.functions.deposit(amount))
+    else:
+        session.send(session.settlement.functions.depositFor(payer, amount))
+    escrow = session.settlement.functions.escrowOf(payer).call()
+    print(f"deposited {fmt(amount)} for {payer}; escrow now {fmt(escrow[0])}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

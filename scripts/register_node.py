@@ -1,0 +1,102 @@
+"""Stake and register a node (approve, stake up to --stake, register or update), then show it.
+
+Idempotent: running it again tops the stake up to --stake and updates the endpoint if it changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from node.config import load_config
+from scripts.common import Session, UsageError, connect, fmt, parse_amount, parser, run
+
+STATUS_FIELDS = (
+    "nodeId",
+    "endpoint",
+    "hardware",
+    "hostedModels",
+    "stake",
+    "unbonding",
+    "unbondingReadyAt",
+    "registeredAt",
+    "registered",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--node-id", help="unique node name (default: node_id from --config)")
+    p.add_argument("--stake", required=True, help="total stake to hold, in MESH (at least the minimum stake)")
+    p.add_argument("--endpoint", help="public base URL of the node's API (default: endpoint from --config)")
+    p.add_argument("--config", type=Path, default=Path("node.json"), help="node config (default node.json)")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> tuple[str, str, str]:
+    """node id, endpoint and hardware profile, from the arguments and the node config."""
+    config = load_config(args.config) if args.config.exists() else None
+    node_id = args.node_id or (config.node_id if config else None)
+    endpoint = args.endpoint or (config.endpoint if config else None)
+    if not node_id or not endpoint:
+        raise UsageError("pass --node-id and --endpoint, or create a node config with configure_node.py")
+    hardware = config.hardware.profile() if config else '{"gpu":"unknown"}'
+    return node_id, endpoint, hardware
+
+
+def ensure_stake(session: Session, target: int) -> None:
+    node = session.nodes.functions.getNode(session.address).call()
+    missing = target - node[4]
+    if missing <= 0:
+        return
+    balance = session.token.functions.balanceOf(session.address).call()
+    if balance < missing:
+        raise UsageError(
+            f"insufficient balance: staking {fmt(missing)} more needs it, the account holds {fmt(balance)}"
+        )
+    session.send(session.token.functions.approve(session.nodes.address, missing))
+    session.send(session.nodes.functions.stake(missing))
+    print(f"staked {fmt(missing)}")
+
+
+def ensure_registered(session: Session, node_id: str, endpoint: str, hardware: str) -> None:
+    node = session.nodes.functions.getNode(session.address).call()
+    if not node[8]:
+        session.send(session.nodes.functions.register(node_id, endpoint, hardware, node[3]))
+        print(f"registered {node_id}")
+    elif node[1] != endpoint:
+        session.send(session.nodes.functions.updateEndpoint(endpoint))
+        print(f"endpoint updated to {endpoint}")
+
+
+def show(session: Session) -> None:
+    node = dict(zip(STATUS_FIELDS, session.nodes.functions.getNode(session.address).call(), strict=True))
+    active = session.nodes.functions.isActive(session.address).call()
+    print(f"node {node['nodeId']} ({session.address})")
+    print(f"  endpoint   {node['endpoint']}")
+    print(f"  stake      {fmt(node['stake'])}  unbonding {fmt(node['unbonding'])}")
+    print(f"  models     {list(node['hostedModels']) or 'none'}")
+    print(f"  active     {active}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    target = parse_amount(args.stake, "--stake")
+    node_id, endpoint, hardware = resolve(args)
+    session = connect(args)
+    minimum = session.nodes.functions.minStake().call()
+    if target < minimum:
+        raise UsageError(f"--stake {fmt(target)} is below the minimum stake of {fmt(minimum)}")
+    ensure_stake(session, target)
+    ensure_registered(session, node_id, endpoint, hardware)
+    show(session)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,112 @@
+"""Show the network: models, nodes (stake, reputation), escrows and who earned what."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scripts.common import Session, connect, fmt, parser, run
+
+STATUS = ("none", "proposed", "approved", "deprecated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__, account=False)
+    p.add_argument("--payer", action="append", default=[], help="also show this payer's escrow (repeatable)")
+    return p
+
+
+def table(title: str, header: tuple[str, ...], rows: list[tuple]) -> None:
+    print(f"\n{title}")
+    if not rows:
+        print("  (none)")
+        return
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in r) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def models(session: Session) -> None:
+    registry = session.models.functions
+    rows = []
+    for model_id in range(1, registry.modelCount().call() + 1):
+        m = registry.getModel(model_id).call()
+        rows.append((model_id, m[0], f"v{m[10]}", STATUS[m[9]], fmt(m[6]), m[5], ",".join(m[7]), m[1]))
+    table("models", ("id", "name", "ver", "status", "price/1K", "context", "specialties", "cid"), rows)
+
+
+def nodes(session: Session) -> list[str]:
+    registry = session.nodes.functions
+    operators = registry.operators().call()
+    rows = []
+    for op in operators:
+        n = registry.getNode(op).call()
+        rep = registry.reputationOf(op).call()
+        active = "yes" if registry.isActive(op).call() else "no"
+        hosted = ",".join(str(i) for i in n[3]) or "-"
+        rows.append(
+            (n[0], op, n[1], fmt(n[4]), fmt(n[5]), active, hosted, rep[0], rep[2], fmt(rep[1]), rep[4])
+        )
+    header = (
+        "node",
+        "operator",
+        "endpoint",
+        "stake",
+        "unbonding",
+        "active",
+        "models",
+        "tokens",
+        "receipts",
+        "volume",
+        "slashes",
+    )
+    table("nodes", header, rows)
+    return operators
+
+
+def escrows(session: Session, extra: list[str]) -> None:
+    deposits = session.settlement.events.EscrowDeposited().get_logs(
+        from_block=session.deployment.block_number
+    )
+    payers = list(dict.fromkeys([e["args"]["payer"] for e in deposits] + extra))
+    rows = []
+    for payer in payers:
+        balance, unlocking, ready = session.settlement.functions.escrowOf(
+            session.w3.to_checksum_address(payer)
+        ).call()
+        rows.append((payer, fmt(balance), fmt(unlocking), ready or "-"))
+    table("escrow", ("payer", "balance", "unlocking", "ready at"), rows)
+
+
+def earnings(session: Session, operators: list[str]) -> None:
+    developers, _vault, infrastructure, research = session.settlement.functions.treasury().call()
+    earned = session.settlement.functions.earnings
+    rows = [(f"node {op}", fmt(earned(op).call())) for op in operators]
+    rows += [
+        ("developers (25%)", fmt(earned(developers).call())),
+        ("infrastructure (15%)", fmt(earned(infrastructure).call())),
+        ("research (10%)", fmt(earned(research).call())),
+        ("HYSA vault assets (20% + slashes)", fmt(session.vault.functions.totalAssets().call())),
+    ]
+    table("unwithdrawn earnings", ("recipient", "amount"), rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    session = connect(args, need_account=False)
+    d = session.deployment
+    print(f"chain {d.chain_id} at block {session.w3.eth.block_number}; settlement {d.settlement}")
+    models(session)
+    operators = nodes(session)
+    escrows(session, args.payer)
+    earnings(session, operators)
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

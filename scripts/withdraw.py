@@ -1,0 +1,60 @@
+"""Take MESH out of your escrow: request an unlock, wait the delay, then withdraw.
+
+withdraw.py --request 50   start (or restart) an unlock of 50 MESH
+withdraw.py --cancel       cancel the unlock
+withdraw.py                withdraw once the delay has passed (nodes settle what you owe first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--request", metavar="AMOUNT", help="start an unlock of AMOUNT MESH")
+    group.add_argument("--cancel", action="store_true", help="cancel the unlock in progress")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    session = connect(args)
+    settlement = session.settlement.functions
+    if args.request:
+        amount = parse_amount(args.request, "--request")
+        balance = settlement.escrowOf(session.address).call()[0]
+        if amount > balance:
+            raise UsageError(f"escrow holds {fmt(balance)}; cannot unlock {fmt(amount)}")
+        session.send(settlement.requestUnlock(amount))
+        ready = settlement.escrowOf(session.address).call()[2]
+        print(f"unlock of {fmt(amount)} requested; withdraw after {time.ctime(ready)} (block time)")
+        return 0
+    if args.cancel:
+        session.send(settlement.cancelUnlock())
+        print("unlock cancelled")
+        return 0
+    balance, unlocking, ready = settlement.escrowOf(session.address).call()
+    if ready == 0:
+        raise UsageError("no unlock in progress: start one with --request AMOUNT")
+    now = session.w3.eth.get_block("latest")["timestamp"]
+    if now < ready:
+        raise UsageError(f"the unlock delay ends at {time.ctime(ready)}; {ready - now} s to go")
+    receipt = session.send(settlement.withdraw())
+    paid = session.settlement.events.EscrowWithdrawn().process_receipt(receipt)[0]["args"]["amount"]
+    print(f"withdrew {fmt(paid)} (asked {fmt(unlocking)}); escrow now {fmt(balance - paid)}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()

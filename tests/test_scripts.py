@@ -1,0 +1,350 @@
+"""The operator and user scripts, end to end, against a real devnet (Anvil started by devnet.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chain.accounts import ANVIL_DEV_KEYS
+from tests.conftest import ROOT, free_port
+
+GEMMA_SHA = "a5fd3b62" + "00" * 28  # shape only: the registry stores what the publisher declares
+
+
+class Devnet:
+    """A running `scripts/devnet.py` and the environment the scripts need to reach it."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.output = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "LLM_MESH_RPC_URL": f"http://127.0.0.1:{self.port}",
+            "LLM_MESH_DEPLOYMENT": str(self.state_dir / "deployment.json"),
+        }
+
+    def start(self) -> None:
+        cmd = [
+            sys.executable,
+            "-m",
+            "scripts.devnet",
+            "--state-dir",
+            str(self.state_dir),
+            "--port",
+            str(self.port),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                break
+            lines.append(line)
+            if line.startswith("Ctrl-C stops it"):
+                self.output = "".join(lines)
+                return
+        raise RuntimeError("devnet did not come up:\n" + "".join(lines))
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def devnet(tmp_path_factory) -> Iterator[Devnet]:
+    net = Devnet(tmp_path_factory.mktemp("devnet"))
+    net.start()
+    try:
+        yield net
+    finally:
+        if net.proc and net.proc.poll() is None:
+            net.stop()
+
+
+def script(devnet: Devnet, name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", f"scripts.{name}", *args],
+        cwd=cwd or ROOT,
+        env={**devnet.env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def fails(result: subprocess.CompletedProcess, message: str) -> None:
+    assert result.returncode != 0, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # one clear line, no traceback
+    assert message in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def operator_files(devnet: Devnet, tmp_path_factory) -> dict[str, Path]:
+    """A keystore for dev account 1 (funded by the devnet) and its password file."""
+    home = tmp_path_factory.mktemp("operator")
+    (home / "password").write_text("correct horse battery\n")
+    (home / "key").write_text(ANVIL_DEV_KEYS[1])
+    keystore = home / "node-keystore.json"
+    out = ok(
+        script(
+            devnet,
+            "new_keystore",
+            str(keystore),
+            "--password-file",
+            str(home / "password"),
+            "--import-key-file",
+            str(home / "key"),
+        )
+    )
+    assert out.split()[0].lower().startswith("0x70997970")
+    return {"home": home, "keystore": keystore, "password": home / "password", "config": home / "node.json"}
+
+
+def test_devnet_printsSummaryAndWritesDeployment(devnet: Devnet) -> None:
+    deployment = json.loads((devnet.state_dir / "deployment.json").read_text())
+    assert deployment["chain_id"] == 31337
+    assert f"http://127.0.0.1:{devnet.port}" in devnet.output
+    assert deployment["settlement"] in devnet.output
+    assert "100,000 MESH" in devnet.output
+
+
+def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: dict[str, Path]) -> None:
+    account = [
+        "--keystore",
+        str(operator_files["keystore"]),
+        "--password-file",
+        str(operator_files["password"]),
+    ]
+    config = ["--config", str(operator_files["config"])]
+    out = ok(
+        script(
+            devnet,
+            "configure_node",
+            *config,
+            "--gpu-specs",
+            "rtx4090",
+            "--ram",
+            "64",
+            "--storage",
+            "2000",
+            "--node-id",
+            "my-awesome-node",
+            "--endpoint",
+            "http://127.0.0.1:18080",
+        )
+    )
+    assert "rtx4090" in out
+    out = ok(script(devnet, "register_node", *account, *config, "--stake", "1500"))
+    assert "staked 1,500 MESH" in out and "registered my-awesome-node" in out and "active     True" in out
+    again = ok(script(devnet, "register_node", *account, *config, "--stake", "1500"))
+    assert "staked" not in again and "registered" not in again  # idempotent
+
+    publish = ok(
+        script(
+            devnet,
+            "publish_model",
+            "--dev-account",
+            "2",
+            "--name",
+            "gemma-3-270m",
+            "--cid",
+            "bafkreigemmatestcid",
+            "--sha256",
+            GEMMA_SHA,
+            "--size",
+            "253000000",
+            "--context",
+            "32768",
+            "--price-per-1k",
+            "0.002",
+            "--specialties",
+            "python,debugging",
+        )
+    )
+    assert "proposed gemma-3-270m v1 as model 1" in publish
+    fails(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m"), "none is approved yet")
+    ok(script(devnet, "approve_model", "--dev-account", "0", "--model-id", "1"))
+    out = ok(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "8192"))
+    assert "now hosting gemma-3-270m (model 1)" in out
+    saved = json.loads(operator_files["config"].read_text())
+    assert saved["models"] == [
+        {"name": "gemma-3-270m", "model_id": 1, "gpu_layers": 0, "n_ctx": 8192, "threads": 4}
+    ]
+
+    status = ok(script(devnet, "status"))
+    assert "my-awesome-node" in status and "1,500 MESH" in status and "gemma-3-270m" in status
+    assert "approved" in status and "0.002 MESH" in status
+
+
+def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
+    user = ["--dev-account", "3"]
+    out = ok(script(devnet, "deposit", *user, "--amount", "250"))
+    assert "escrow now 250 MESH" in out
+    out = ok(script(devnet, "withdraw", *user, "--request", "100"))
+    assert "unlock of 100 MESH requested" in out
+    fails(script(devnet, "withdraw", *user), "s to go")
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(devnet.env["LLM_MESH_RPC_URL"]))
+    w3.provider.make_request("evm_increaseTime", [24 * 3600])
+    w3.provider.make_request("evm_mine", [])
+    out = ok(script(devnet, "withdraw", *user))
+    assert "withdrew 100 MESH" in out and "escrow now 150 MESH" in out
+    status = ok(script(devnet, "status"))
+    assert "150 MESH" in status
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        (
+            "register_node",
+            ["--dev-account", "4", "--node-id", "n4", "--endpoint", "http://x:1", "--stake", "10"],
+            "below the minimum stake",
+        ),
+        ("host_model", ["--dev-account", "1", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        ("deposit", ["--dev-account", "5", "--amount", "1000000"], "insufficient balance"),
+        ("deposit", ["--dev-account", "5", "--amount", "-3"], "positive number"),
+        ("configure_node", ["--gpu-specs", "gtx9999", "--ram", "64", "--storage", "100"], "unknown GPU"),
+        ("configure_node", ["--ram", "0", "--storage", "100"], "ram_gb"),
+        ("withdraw_stake", ["--dev-account", "6"], "nothing is unbonding"),
+    ],
+)
+def test_badInput_oneClearLineAndNonZeroExit(devnet: Devnet, tmp_path: Path, name, args, message) -> None:
+    if name in ("host_model", "configure_node"):
+        args = [*args, "--config", str(tmp_path / "node.json")]
+    if name == "host_model":
+        ok(
+            script(
+                devnet,
+                "configure_node",
+                "--ram",
+                "64",
+                "--storage",
+                "100",
+                "--config",
+                str(tmp_path / "node.json"),
+            )
+        )
+    fails(script(devnet, name, *args), message)
+
+
+def test_wrongNetwork_refused(devnet: Devnet, tmp_path: Path) -> None:
+    other = json.loads((devnet.state_dir / "deployment.json").read_text()) | {"chain_id": 1}
+    (tmp_path / "mainnet.json").write_text(json.dumps(other))
+    fails(script(devnet, "status", "--deployment", str(tmp_path / "mainnet.json")), "is for chain 1")
+
+
+def test_lockedKeystore_refused(devnet: Devnet, operator_files: dict[str, Path], tmp_path: Path) -> None:
+    (tmp_path / "wrong").write_text("not the password\n")
+    result = script(
+        devnet,
+        "deposit",
+        "--keystore",
+        str(operator_files["keystore"]),
+        "--password-file",
+        str(tmp_path / "wrong"),
+        "--amount",
+        "1",
+    )
+    fails(result, "wrong password")
+
+
+def test_devnet_restartResumesTheSameChain(devnet: Devnet, operator_files: dict[str, Path]) -> None:
+    before = json.loads((devnet.state_dir / "deployment.json").read_text())
+    assert devnet.stop() == 0
+    devnet.start()
+    after = json.loads((devnet.state_dir / "deployment.json").read_text())
+    assert after == before
+    status = ok(script(devnet, "status"))
+    assert "my-awesome-node" in status  # state survived the restart
+
+
+def test_setupNode_createsKeystoreAndConfigIdempotently(tmp_path: Path) -> None:
+    from chain.accounts import load_keystore
+    from node.config import load_config
+
+    (tmp_path / "pw").write_text("a-good-password\n")
+    cmd = [
+        str(ROOT / "scripts" / "setup-node.sh"),
+        "--dir",
+        str(tmp_path / "home"),
+        "--password-file",
+        str(tmp_path / "pw"),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    keystore = tmp_path / "home" / "node-keystore.json"
+    assert keystore.stat().st_mode & 0o777 == 0o600
+    address = load_keystore(keystore, "a-good-password").address
+    config = load_config(tmp_path / "home" / "node.json")
+    assert config.chain.keystore == keystore
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "keystore exists" in second.stdout
+    assert load_keystore(keystore, "a-good-password").address == address  # not replaced
+
+
+def test_publishModel_addsToKuboAndProposesWithKubosCid(devnet: Devnet, kubo_pair, tmp_path: Path) -> None:
+    """PATH mode: the file goes to a real kubo, and the CID on chain is the one kubo reports."""
+    import hashlib
+
+    import httpx
+
+    publisher, _ = kubo_pair
+    model = tmp_path / "tiny.gguf"
+    model.write_bytes(b"GGUF" + bytes(range(256)) * 5000)
+    args = [
+        "--dev-account",
+        "2",
+        "--kubo-api",
+        publisher.api_url,
+        "--name",
+        "tiny-model",
+        "--context",
+        "2048",
+        "--price-per-1k",
+        "0.001",
+        "--specialties",
+        "python",
+    ]
+    out = ok(script(devnet, "publish_model", str(model), *args))
+    cid = out.split(" as ", 1)[1].split()[0]
+    kubo_cid = httpx.post(
+        f"{publisher.api_url}/api/v0/add",
+        params={"cid-version": 1, "raw-leaves": "true", "chunker": "size-1048576", "only-hash": "true"},
+        files={"file": model.read_bytes()},
+    )
+    assert kubo_cid.json()["Hash"] == cid
+    pins = httpx.post(f"{publisher.api_url}/api/v0/pin/ls", params={"arg": cid}).json()
+    assert cid in pins["Keys"]
+    status = ok(script(devnet, "status"))
+    assert "tiny-model" in status and cid in status
+    again = ok(script(devnet, "publish_model", str(model), *args))
+    assert "is already model" in again
+    assert hashlib.sha256(model.read_bytes()).hexdigest() in out

@@ -1,0 +1,223 @@
+"""TxSender against a real Anvil: estimation, gas cap, nonces under concurrency, timeouts, reverts."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from eth_account import Account
+from web3 import Web3
+from web3.contract import Contract
+
+from chain.accounts import dev_account
+from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout
+from chain.tx import TxSender
+
+ETHER = 10**18
+
+
+def nonce_of(w3: Web3, address: str) -> int:
+    return w3.eth.get_transaction_count(address, "pending")
+
+
+@pytest.fixture
+def token(chain_snapshot: Web3) -> Contract:
+    """A fresh NetworkToken owned by Anvil's account 0, which holds 1,000 MESH."""
+    sender = TxSender(chain_snapshot, dev_account(0))
+    contract = sender.deploy("NetworkToken", sender.address)
+    sender.send(contract.functions.mint(sender.address, 1_000 * ETHER))
+    return contract
+
+
+def test_send_returnsSuccessfulEip1559Receipt(chain_snapshot, token) -> None:
+    w3, sender = chain_snapshot, TxSender(chain_snapshot, dev_account(0))
+    bob = dev_account(1).address
+    receipt = sender.send(token.functions.transfer(bob, 5 * ETHER))
+    tx = w3.eth.get_transaction(receipt["transactionHash"])
+    assert receipt["status"] == 1
+    assert token.functions.balanceOf(bob).call() == 5 * ETHER
+    assert tx["type"] == 2 and tx["maxFeePerGas"] >= tx["maxPriorityFeePerGas"]
+    assert receipt["gasUsed"] < tx["gas"] <= receipt["gasUsed"] * 1.25 + 1
+
+
+def test_deploy_returnsContractAtNewAddress(chain_snapshot) -> None:
+    sender = TxSender(chain_snapshot, dev_account(0))
+    token = sender.deploy("NetworkToken", sender.address)
+    assert chain_snapshot.eth.get_code(token.address) != b""
+    assert token.functions.owner().call() == sender.address
+
+
+def test_send_raisesDecodedRevertFromEstimateWithoutSending(chain_snapshot, token) -> None:
+    w3, poor = chain_snapshot, dev_account(2)
+    before = nonce_of(w3, poor.address)
+    with pytest.raises(RevertError) as info:
+        TxSender(w3, poor).send(token.functions.transfer(dev_account(1).address, 3 * ETHER))
+    err = info.value
+    assert err.name == "ERC20InsufficientBalance"
+    assert err.args == {"sender": poor.address, "balance": 0, "needed": 3 * ETHER}
+    assert err.tx_hash is None
+    assert "balance=0 MESH, needed=3 MESH" in str(err)
+    assert nonce_of(w3, poor.address) == before
+
+
+def test_send_refusesEstimateAboveGasCap(chain_snapshot) -> None:
+    w3, admin = chain_snapshot, dev_account(0)
+    before = nonce_of(w3, admin.address)
+    with pytest.raises(GasCapExceeded) as info:
+        TxSender(w3, admin, gas_cap=100_000).deploy("NetworkToken", admin.address)
+    estimate = int(str(info.value).split(" gas")[0].rsplit(" ", 1)[1])
+    assert estimate > 100_000
+    assert "100000" in str(info.value)
+    assert nonce_of(w3, admin.address) == before
+
+
+def test_send_refusesExplicitGasAboveCap(chain_snapshot, token) -> None:
+    sender = TxSender(chain_snapshot, dev_account(0), gas_cap=60_000)
+    with pytest.raises(GasCapExceeded, match=r"70000 gas .* cap of 60000"):
+        sender.send(token.functions.transfer(dev_account(1).address, 1), gas=70_000)
+
+
+def test_send_concurrentSendersWithSameKeyAllLand(chain_snapshot, token) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    start = nonce_of(w3, owner.address)
+    per_thread, receipts, failures = 8, [], []
+    lock = threading.Lock()
+
+    def run(sender: TxSender, recipient: str) -> None:
+        try:
+            for _ in range(per_thread):
+                receipt = sender.send(token.functions.transfer(recipient, ETHER))
+                with lock:
+                    receipts.append(receipt)
+        except Exception as exc:  # reported by the assertion below
+            failures.append(exc)
+
+    recipients = [dev_account(i).address for i in (1, 2)]
+    threads = [threading.Thread(target=run, args=(TxSender(w3, owner), r)) for r in recipients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert failures == []
+    nonces = [w3.eth.get_transaction(r["transactionHash"])["nonce"] for r in receipts]
+    assert sorted(nonces) == list(range(start, start + 2 * per_thread))
+    assert all(r["status"] == 1 for r in receipts)
+    assert [token.functions.balanceOf(r).call() for r in recipients] == [per_thread * ETHER] * 2
+
+
+def test_send_sharedSenderAcrossThreadsUsesUniqueNonces(chain_snapshot, token) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    sender, start = TxSender(w3, owner), nonce_of(w3, owner.address)
+    bob = dev_account(1).address
+    threads = [
+        threading.Thread(target=sender.send, args=(token.functions.transfer(bob, ETHER),)) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert nonce_of(w3, owner.address) == start + 6
+    assert token.functions.balanceOf(bob).call() == 6 * ETHER
+
+
+def test_send_newSenderContinuesAfterOthersSent(chain_snapshot, token) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    bob = dev_account(1).address
+    first = TxSender(w3, owner)
+    for _ in range(3):
+        first.send(token.functions.transfer(bob, ETHER))
+    restarted = TxSender(w3, owner)  # a new process with the same key
+    receipt = restarted.send(token.functions.transfer(bob, ETHER))
+    assert w3.eth.get_transaction(receipt["transactionHash"])["nonce"] == nonce_of(w3, owner.address) - 1
+    # The first sender's counter is now stale: it resyncs from the chain instead of failing.
+    first.send(token.functions.transfer(bob, ETHER))
+    assert token.functions.balanceOf(bob).call() == 5 * ETHER
+
+
+def test_send_timesOutWhenNotMinedAndNamesTheHash(token, automine_off) -> None:
+    # `token` comes first: it is deployed while Anvil still mines.
+    w3 = automine_off
+    sender = TxSender(w3, dev_account(0), receipt_timeout=0.5, poll_interval=0.05)
+    with pytest.raises(
+        TxTimeout, match=r"transaction 0x[0-9a-f]{64} was not mined within 0.5 s; it may still"
+    ):
+        sender.send(token.functions.transfer(dev_account(1).address, ETHER))
+
+
+def test_send_timeoutLeavesTransactionToBeMinedLater(token, automine_off) -> None:
+    w3 = automine_off
+    sender = TxSender(w3, dev_account(0), receipt_timeout=0.3, poll_interval=0.05)
+    with pytest.raises(TxTimeout) as info:
+        sender.send(token.functions.transfer(dev_account(1).address, ETHER))
+    tx_hash = str(info.value).split()[1]
+    w3.provider.make_request("evm_mine", [])
+    assert w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
+
+
+def test_send_decodesRevertMinedOnChain(chain_snapshot) -> None:
+    w3, admin = chain_snapshot, dev_account(0)
+    sender = TxSender(w3, admin)
+    token = sender.deploy("NetworkToken", admin.address)
+    stranger = dev_account(3)
+    with pytest.raises(RevertError) as info:  # explicit gas: no estimate, so it is mined and fails
+        TxSender(w3, stranger).send(token.functions.mint(stranger.address, ETHER), gas=100_000)
+    err = info.value
+    assert (err.name, err.args) == ("OwnableUnauthorizedAccount", {"account": stranger.address})
+    assert err.tx_hash is not None and err.tx_hash in str(err)
+    assert w3.eth.get_transaction_receipt(err.tx_hash)["status"] == 0
+
+
+def test_send_decodesRevertCausedByStateChangeBeforeMining(chain_snapshot, token, monkeypatch) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    payer, spender = dev_account(4), dev_account(5)
+    owner_sender = TxSender(w3, owner)
+    owner_sender.send(token.functions.transfer(payer.address, 10 * ETHER))
+    payer_sender = TxSender(w3, payer)
+    payer_sender.send(token.functions.approve(spender.address, 10 * ETHER))
+
+    estimate = payer_sender._gas_limit
+
+    def estimate_then_drain(tx: dict) -> int:
+        gas = estimate(tx)  # the payer still holds 10 MESH here
+        TxSender(w3, spender).send(token.functions.transferFrom(payer.address, spender.address, 10 * ETHER))
+        return gas
+
+    monkeypatch.setattr(payer_sender, "_gas_limit", estimate_then_drain)
+    with pytest.raises(RevertError) as info:
+        payer_sender.send(token.functions.transfer(owner.address, 10 * ETHER))
+    assert info.value.name == "ERC20InsufficientBalance"
+    assert info.value.args == {"sender": payer.address, "balance": 0, "needed": 10 * ETHER}
+    assert w3.eth.get_transaction_receipt(info.value.tx_hash)["status"] == 0
+
+
+def test_send_reportsOutOfGas(chain_snapshot, token) -> None:
+    sender = TxSender(chain_snapshot, dev_account(0))
+    with pytest.raises(RevertError) as info:
+        sender.send(token.functions.transfer(dev_account(1).address, ETHER), gas=25_000)
+    assert info.value.name == "OutOfGas"
+    assert info.value.args == {"gasUsed": 25_000, "gasLimit": 25_000}
+    assert "ran out of gas" in str(info.value)
+
+
+def test_send_explainsMissingGasMoney(chain_snapshot, token) -> None:
+    broke = Account.create()
+    with pytest.raises(ChainError, match="too little ETH to pay for gas"):
+        TxSender(chain_snapshot, broke).send(token.functions.approve(dev_account(1).address, 1))
+
+
+def test_send_resyncsWhenAnotherSenderTookTheNonce(chain_snapshot, token) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    bob = dev_account(1).address
+    mine, other = TxSender(w3, owner), TxSender(w3, owner)
+    mine.send(token.functions.transfer(bob, ETHER))
+    other.send(token.functions.transfer(bob, ETHER))  # takes the nonce `mine` expects next
+    receipt = mine.send(token.functions.transfer(bob, ETHER), value=0)
+    assert receipt["status"] == 1
+    assert token.functions.balanceOf(bob).call() == 3 * ETHER
+
+
+def test_send_givesUpAfterMaxNonceRetries(chain_snapshot, token, monkeypatch) -> None:
+    sender = TxSender(chain_snapshot, dev_account(0), max_nonce_retries=2, nonce_retry_backoff=0)
+    monkeypatch.setattr(sender, "_chain_nonce", lambda: 0)  # always a nonce that is long used
+    with pytest.raises(ChainError, match=r"no free nonce .* after 2 retries"):
+        sender.send(token.functions.transfer(dev_account(1).address, ETHER))
