@@ -1,25 +1,44 @@
 """Sending transactions: gas estimation with a cap, EIP-1559 fees, safe nonces, decoded reverts.
 
 `TxSender(w3, account).send(contract.functions.stake(amount))` estimates gas (a revert there is
-decoded and raised before anything is sent), signs locally, keeps its own nonce counter (shared by
-threads, resynchronised from the chain when another process uses the same key), waits for the
-receipt and, if the transaction reverted on chain, replays it to decode the custom error.
+decoded and raised before anything is sent), signs locally, picks a nonce, waits for the receipt and,
+if the transaction reverted on chain, replays it to decode the custom error.
+
+Nonces. Senders of one key on one machine (threads, processes) take an OS file lock per chain and
+address (under `nonce_lock_dir`) from choosing the nonce until the node has accepted the transaction,
+and choose it from the node's pending count: they never send the same nonce at the same time. That
+matters because a node may accept a second transaction with a nonce that is being mined (Anvil takes
+any higher fee as a replacement, even while the first is going into a block) and then drop it without
+a word. Senders on other machines can still collide: a node refusal ("nonce too low", ...) is retried
+with a fresh nonce, and a receipt wait longer than `stall_timeout` checks whether the transaction is
+stranded: its nonce taken by another transaction (it is sent again, with a new nonce), dropped by the
+node (broadcast again), or queued behind a nonce nobody sent (the gap is filled with empty transfers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no cross-process nonce lock
+    fcntl = None  # type: ignore[assignment]
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
-from web3.types import TxReceipt
+from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
+from web3.types import TxData, TxReceipt
 
 from chain.artifacts import load_artifact
 from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, decode_revert
@@ -35,10 +54,27 @@ NONCE_CONFLICTS = (
     "nonce has already been used",
 )
 _PLACEHOLDER_FIELDS = {"gas": 1, "maxFeePerGas": 1, "maxPriorityFeePerGas": 1, "nonce": 0}
+_FEE_FIELDS = ("gasPrice", "maxFeePerGas", "maxPriorityFeePerGas")
+_TRANSFER_GAS = 21_000
+# Per chain id and address, one lock file: senders of a key on this machine take turns choosing nonces.
+_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+DEFAULT_NONCE_LOCK_DIR = _CACHE_DIR / "llm-mesh" / "nonce-locks"
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A transaction the node accepted: every signed field (nonce and fees included) and its hash."""
+
+    tx: dict[str, Any]
+    tx_hash: str
+
+    @property
+    def nonce(self) -> int:
+        return self.tx["nonce"]
 
 
 class TxSender:
-    """Signs and sends transactions for one account; safe to share between threads."""
+    """Signs and sends transactions for one account; safe to share between threads and processes."""
 
     def __init__(
         self,
@@ -51,8 +87,18 @@ class TxSender:
         poll_interval: float = 0.1,
         max_nonce_retries: int = 3,
         nonce_retry_backoff: float = 0.1,
+        stall_timeout: float = 10.0,
+        nonce_lock_dir: str | os.PathLike[str] | None = DEFAULT_NONCE_LOCK_DIR,
+        nonce_lock_timeout: float = 60.0,
     ) -> None:
-        """`nonce_retry_backoff` is the base of the random, doubling wait between nonce retries."""
+        """`nonce_retry_backoff` is the base of the random, doubling wait between nonce retries.
+
+        `stall_timeout`: while a receipt is awaited, every this many seconds check whether the
+        transaction is stranded (its nonce taken, dropped by the node, behind a nonce gap) and repair
+        it. `nonce_lock_dir`: where the per-key lock files live (None: no cross-process lock; the
+        nonce then comes from a counter of this sender, resynchronised on conflicts).
+        `nonce_lock_timeout`: how long to wait for another process holding the lock.
+        """
         if gas_margin < 1:
             raise ChainError(f"gas_margin must be at least 1 (got {gas_margin})")
         self.w3 = w3
@@ -63,9 +109,14 @@ class TxSender:
         self.poll_interval = poll_interval
         self.max_nonce_retries = max_nonce_retries
         self.nonce_retry_backoff = nonce_retry_backoff
+        self.stall_timeout = stall_timeout
+        self.nonce_lock_dir = None if nonce_lock_dir is None or fcntl is None else Path(nonce_lock_dir)
+        self.nonce_lock_timeout = nonce_lock_timeout
         self._lock = threading.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
+        if nonce_lock_dir is not None and fcntl is None:
+            log.warning("nonce_lock_unavailable reason=no_fcntl address=%s", account.address)
 
     @property
     def address(self) -> str:
@@ -78,6 +129,13 @@ class TxSender:
         if self._chain_id is None:
             self._chain_id = self.w3.eth.chain_id
         return self._chain_id
+
+    @property
+    def nonce_lock_path(self) -> Path | None:
+        """The lock file shared by every sender of this key and chain on this machine (None: no lock)."""
+        if self.nonce_lock_dir is None:
+            return None
+        return self.nonce_lock_dir / f"{self.chain_id}-{self.address.lower()}.lock"
 
     # --- the public API --------------------------------------------------------------------------------
 
@@ -92,8 +150,8 @@ class TxSender:
         """
         tx = self._base_transaction(call, value)
         limit = self._gas_limit(tx) if gas is None else self._check_cap(gas, "the explicit gas limit")
-        tx_hash = self._sign_and_send({**tx, "gas": limit, **self._fees(), "chainId": self.chain_id})
-        receipt = self._wait(tx_hash)
+        sent = self._sign_and_send({**tx, "gas": limit, **self._fees(), "chainId": self.chain_id})
+        receipt = self._wait(sent)
         if receipt["status"] != 1:
             raise self._on_chain_revert(tx, limit, receipt)
         return receipt
@@ -156,12 +214,60 @@ class TxSender:
     def _chain_nonce(self) -> int:
         return self.w3.eth.get_transaction_count(self.address, "pending")
 
-    def _sign_and_send(self, tx: dict[str, Any]) -> str:
-        """Send with the next local nonce; on a nonce conflict resync from the chain and retry."""
+    @contextlib.contextmanager
+    def _nonce_lock(self) -> Iterator[None]:
+        """Hold this key's lock file (shared with other threads and processes); a no-op without one.
+
+        Every acquisition opens the file anew: flock locks belong to the open file, so two senders in
+        one process exclude each other too. Closing the file releases the lock, also if we die.
+        """
+        path, fd = self.nonce_lock_path, None
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:  # e.g. a read-only home: go on unlocked, the stall checks still repair
+                log.warning("nonce_lock_unavailable path=%s error=%r: sending without it", path, str(exc))
+        if fd is None:
+            yield
+            return
+        try:
+            deadline, delay = time.monotonic() + self.nonce_lock_timeout, 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ChainError(
+                            f"could not take the nonce lock {path} within {self.nonce_lock_timeout:g} s: "
+                            f"another process sending for {self.address} holds it; is it stuck?"
+                        ) from None
+                    time.sleep(delay)
+                    delay = min(2 * delay, 0.02)
+            yield
+        finally:
+            os.close(fd)
+
+    def _next_nonce(self) -> int:
+        """The nonce to send with (called holding both locks).
+
+        With the lock file, the node's pending count: it already counts every transaction a sender
+        of this machine got accepted, and nobody here sends until we are done. Without it, this
+        sender's own counter (read from the node first and after a conflict).
+        """
+        if self.nonce_lock_dir is not None:
+            return self._chain_nonce()
+        if self._nonce is None:
+            self._nonce = self._chain_nonce()
+        return self._nonce
+
+    def _sign_and_send(self, tx: dict[str, Any]) -> _Sent:
+        """Send with the next nonce; on a nonce conflict choose again (after a random wait) and retry."""
         for attempt in range(self.max_nonce_retries + 1):
-            tx_hash = self._try_next_nonce(tx, attempt)
-            if tx_hash is not None:
-                return tx_hash
+            sent = self._try_next_nonce(tx, attempt)
+            if sent is not None:
+                return sent
             # Another sender with this key took the nonce; wait a random while so we stop colliding.
             time.sleep(random.uniform(0, self.nonce_retry_backoff * 2**attempt))
         raise ChainError(
@@ -169,43 +275,143 @@ class TxSender:
             "keeps sending with this key; give each process its own key or raise max_nonce_retries"
         )
 
-    def _try_next_nonce(self, tx: dict[str, Any], attempt: int) -> str | None:
-        """Send with the local nonce under the lock; None (and a resync later) if it was taken."""
-        with self._lock:
-            if self._nonce is None:
-                self._nonce = self._chain_nonce()
-            nonce = self._nonce
+    def _try_next_nonce(self, tx: dict[str, Any], attempt: int) -> _Sent | None:
+        """Send with the next nonce under the locks; None (and a resync later) if it was taken."""
+        with self._lock, self._nonce_lock():
+            nonce = self._next_nonce()
+            self._nonce = None  # unless the node accepts it below: resync after a failed send
             try:
                 tx_hash = self._send_raw({**tx, "nonce": nonce})
             except Web3RPCError as exc:
                 if not _is_nonce_conflict(exc):
                     raise _node_refused(exc, self.address) from exc
-                self._nonce = None
                 log.info("nonce_conflict address=%s nonce=%d attempt=%d", self.address, nonce, attempt + 1)
                 return None
             self._nonce = nonce + 1
         log.info("tx_sent address=%s nonce=%d gas=%d hash=%s", self.address, nonce, tx["gas"], tx_hash)
-        return tx_hash
+        return _Sent({**tx, "nonce": nonce}, tx_hash)
 
     def _send_raw(self, tx: dict[str, Any]) -> str:
+        """Sign and broadcast; if the node did not answer, find out whether it got the transaction."""
         signed = self.account.sign_transaction(tx)
-        return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
-
-    def _wait(self, tx_hash: str) -> TxReceipt:
         try:
-            receipt = self.w3.eth.wait_for_transaction_receipt(
-                tx_hash, timeout=self.receipt_timeout, poll_latency=self.poll_interval
-            )
-        except TimeExhausted as exc:
-            raise TxTimeout(
-                f"transaction {tx_hash} was not mined within {self.receipt_timeout:g} s; it may still be "
-                "mined: look it up by hash before sending it again"
+            return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
+        except OSError as exc:  # a timeout or dropped connection (requests' errors are OSErrors)
+            tx_hash = signed.hash.to_0x_hex()
+            with contextlib.suppress(OSError):
+                if self._lookup(tx_hash) is not None:
+                    log.info("tx_send_unanswered_but_known hash=%s error=%r", tx_hash, str(exc))
+                    return tx_hash
+            raise ChainError(
+                f"sending transaction {tx_hash} (nonce {tx['nonce']}) got no answer from the node ({exc}); "
+                "it may still be mined: look it up by hash before sending it again"
             ) from exc
-        log.info(
-            "tx_mined hash=%s status=%d block=%d gas_used=%d",
-            tx_hash, receipt["status"], receipt["blockNumber"], receipt["gasUsed"],
-        )  # fmt: skip
-        return receipt
+
+    # --- waiting, and repairing a stranded transaction ------------------------------------------------
+
+    def _wait(self, sent: _Sent) -> TxReceipt:
+        """Poll for the receipt; every `stall_timeout` s without one, check that it is not stranded."""
+        start = time.monotonic()
+        deadline, next_check = start + self.receipt_timeout, start + self.stall_timeout
+        suspicion: str | None = None  # what the last stall check found, to confirm before acting
+        while True:
+            receipt = self._receipt(sent.tx_hash)
+            if receipt is not None:
+                log.info(
+                    "tx_mined hash=%s status=%d block=%d gas_used=%d",
+                    sent.tx_hash, receipt["status"], receipt["blockNumber"], receipt["gasUsed"],
+                )  # fmt: skip
+                return receipt
+            now = time.monotonic()
+            if now >= deadline:
+                raise TxTimeout(
+                    f"transaction {sent.tx_hash} was not mined within {self.receipt_timeout:g} s; it may "
+                    "still be mined: look it up by hash before sending it again"
+                )
+            if now >= next_check:
+                sent, suspicion = self._check_stalled(sent, suspicion)
+                next_check = time.monotonic() + self.stall_timeout
+            time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+
+    def _check_stalled(self, sent: _Sent, suspicion: str | None) -> tuple[_Sent, str | None]:
+        """Why is `sent` not mined yet? Repair what cannot repair itself; return what to wait for.
+
+        Acting on "taken" (sending the call again) or "gap" (sending empty transfers) needs the same
+        finding at two checks in a row, so a node that answers from slightly stale state, or another
+        sender that is just slow, does not make us act twice.
+        """
+        latest = self.w3.eth.get_transaction_count(self.address, "latest")
+        known = self._lookup(sent.tx_hash)
+        if known is not None and known.get("blockNumber") is not None:
+            return sent, None  # mined: the next receipt poll returns it
+        if latest > sent.nonce:  # another transaction with our nonce was mined: ours never will be
+            if self._receipt(sent.tx_hash) is not None:
+                return sent, None
+            if suspicion != "taken":
+                log.warning(
+                    "tx_nonce_taken hash=%s nonce=%d chain_nonce=%d: checking again in %g s",
+                    sent.tx_hash, sent.nonce, latest, self.stall_timeout,
+                )  # fmt: skip
+                return sent, "taken"
+            log.warning(
+                "tx_resend hash=%s nonce=%d: another transaction with this nonce was mined, so this one "
+                "never will be; sending the call again with a new nonce",
+                sent.tx_hash, sent.nonce,
+            )  # fmt: skip
+            unsigned = {k: v for k, v in sent.tx.items() if k != "nonce" and k not in _FEE_FIELDS}
+            return self._sign_and_send({**unsigned, **self._fees()}), None
+        pending = self._chain_nonce() if latest < sent.nonce else latest
+        if known is None and pending <= sent.nonce:  # the node forgot it and nobody replaced it
+            self._rebroadcast(sent)
+        if pending > sent.nonce or latest == sent.nonce:
+            log.info(
+                "tx_stalled hash=%s nonce=%d chain_nonce=%d pending_nonce=%d known=%s",
+                sent.tx_hash, sent.nonce, latest, pending, known is not None,
+            )  # fmt: skip
+            return sent, None
+        # Nonces pending..nonce-1 are missing: nothing we queued can be mined until they are used.
+        if suspicion != "gap":
+            log.warning(
+                "tx_nonce_gap hash=%s nonce=%d first_missing=%d: checking again in %g s",
+                sent.tx_hash, sent.nonce, pending, self.stall_timeout,
+            )  # fmt: skip
+            return sent, "gap"
+        self._fill_gap(sent.nonce)
+        return sent, None
+
+    def _fill_gap(self, below: int) -> None:
+        """Use every nonce missing below `below` with an empty transfer to ourselves."""
+        fees = self._fees()
+        with self._lock, self._nonce_lock():
+            for nonce in range(self._chain_nonce(), below):
+                filler = {"to": self.address, "value": 0, "gas": _TRANSFER_GAS, **fees}
+                try:
+                    tx_hash = self._send_raw({**filler, "chainId": self.chain_id, "nonce": nonce})
+                except Web3RPCError as exc:  # someone used it meanwhile: fine
+                    log.info("gap_fill_skipped address=%s nonce=%d error=%r", self.address, nonce, str(exc))
+                    continue
+                log.warning("gap_filled address=%s nonce=%d hash=%s", self.address, nonce, tx_hash)
+
+    def _rebroadcast(self, sent: _Sent) -> None:
+        """Hand the node the very same signed transaction again (same hash: it cannot run twice)."""
+        try:
+            self._send_raw(sent.tx)
+        except Web3RPCError as exc:
+            log.info("rebroadcast_refused hash=%s error=%r", sent.tx_hash, str(exc))
+            return
+        log.warning("tx_rebroadcast hash=%s nonce=%d: the node had dropped it", sent.tx_hash, sent.nonce)
+
+    def _receipt(self, tx_hash: str) -> TxReceipt | None:
+        try:
+            return self.w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def _lookup(self, tx_hash: str) -> TxData | None:
+        try:
+            return self.w3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            return None
 
     # --- reverts on chain --------------------------------------------------------------------------------
 

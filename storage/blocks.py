@@ -12,8 +12,8 @@ import hashlib
 import http.client
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from storage.cid import DAG_PB, RAW, Cid
@@ -24,6 +24,7 @@ from storage.unixfs import FileDag, Leaf
 
 RAW_CONTENT_TYPE = "application/vnd.ipld.raw"
 MAX_BLOCK = 2 * 1024 * 1024 + 1024  # kubo refuses blocks over 2 MiB; a little slack for framing
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class BlockSource(Protocol):
@@ -38,6 +39,19 @@ class BlockSource(Protocol):
     def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes | bytearray]]:
         """The file's leaves from index `start` on, in order, each with its bytes (unverified)."""
         ...
+
+
+def checks_its_leaves(method: _F) -> _F:
+    """Mark a `leaves` method that hashes every leaf it yields against the leaf's CID itself (to fail
+    over to another peer); the fetcher then skips its own second hash of the same bytes. A subclass that
+    overrides `leaves` loses the mark, so anything that rewrites bytes after the check is re-hashed."""
+    method.checks_leaves = True  # type: ignore[attr-defined]
+    return method
+
+
+def leaves_are_checked(source: BlockSource) -> bool:
+    """True when `source`'s own `leaves` method checked each leaf against its CID (see above)."""
+    return bool(getattr(type(source).leaves, "checks_leaves", False))
 
 
 async def get_verified(source: BlockSource, cid: Cid) -> bytes:
@@ -134,7 +148,8 @@ class GatewayBlocks:
     Leaves are requested `parallel` at a time, spread over the endpoints; a peer that fails or sends
     bytes that do not match the CID is skipped for that block and the next one is asked. Requests run
     in worker threads on kept-alive stdlib connections (httpx's parsing would cost more CPU than the
-    hashing on a small machine).
+    hashing on a small machine), and each block is hashed in the thread that fetched it, so the fetcher
+    need not hash it again.
     """
 
     def __init__(self, endpoints: Sequence[str], parallel: int = 4, timeout: float = 30.0) -> None:
@@ -167,35 +182,32 @@ class GatewayBlocks:
             self._all.append(conns[endpoint])
         return conns[endpoint]
 
-    def _get_sync(self, endpoint: str, cid: Cid) -> bytes:
+    def _get_sync(self, endpoint: str, cid: Cid) -> bytearray:
         conn = self._conn(endpoint)
         try:
             conn.request("GET", f"/ipfs/{cid}?format=raw", headers={"Accept": RAW_CONTENT_TYPE})
             response = conn.getresponse()
-            body = response.read(MAX_BLOCK + 1)
-            if not response.isclosed():
+            if response.status != 200:
                 response.read()
+                raise GatewayError(f"HTTP {response.status}")
+            body = _read_body(response)
         except (OSError, http.client.HTTPException):
             conn.close()
             raise
-        if response.status != 200:
-            raise GatewayError(f"HTTP {response.status}")
-        if len(body) > MAX_BLOCK:
-            conn.close()
-            raise GatewayError(f"block larger than {MAX_BLOCK} bytes")
+        except GatewayError:
+            if not response.isclosed():
+                conn.close()
+            raise
         return body
 
-    async def _from(self, endpoint: str, cid: Cid) -> bytes:
-        return await asyncio.to_thread(self._get_sync, endpoint, cid)
-
-    async def get_block(self, cid: Cid) -> bytes:
-        """The first block that matches `cid`, trying each endpoint in turn from a rotating start."""
-        self._turn += 1
-        start, failures = self._turn, []
+    def _get_verified_sync(self, cid: Cid, start: int) -> bytearray:
+        """In a worker thread: ask each endpoint in turn from `start`, hash what arrives, return the
+        first block that matches `cid` (hashing here keeps the event loop free and uses both cores)."""
+        failures = []
         for i in range(len(self.endpoints)):
             endpoint = self.endpoints[(start + i) % len(self.endpoints)]
             try:
-                block = await self._from(endpoint, cid)
+                block = self._get_sync(endpoint, cid)
             except (OSError, http.client.HTTPException, GatewayError) as exc:
                 failures.append(f"{endpoint}: {type(exc).__name__} {exc}".strip())
                 continue
@@ -204,17 +216,49 @@ class GatewayBlocks:
             failures.append(f"{endpoint}: sent bytes that do not hash to the CID")
         raise GatewayError(f"no gateway delivered block {cid}: " + "; ".join(failures))
 
-    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
-        """Leaves in order, `parallel` requests in flight."""
+    async def get_block(self, cid: Cid) -> bytes:
+        """The first block that matches `cid`, trying each endpoint in turn from a rotating start."""
+        self._turn += 1
+        return bytes(await asyncio.to_thread(self._get_verified_sync, cid, self._turn))
+
+    @checks_its_leaves
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytearray]]:
+        """Leaves in order, `parallel` requests in flight, each already checked against its CID."""
         todo = deque(dag.leaves[start:])
-        running: deque[tuple[Leaf, asyncio.Task[bytes]]] = deque()
+        running: deque[tuple[Leaf, asyncio.Future[bytearray]]] = deque()
         try:
             while todo or running:
                 while todo and len(running) < self.parallel:
                     leaf = todo.popleft()
-                    running.append((leaf, asyncio.create_task(self.get_block(leaf.cid))))
-                leaf, task = running.popleft()
-                yield leaf, await task
+                    self._turn += 1
+                    future = asyncio.ensure_future(
+                        asyncio.to_thread(self._get_verified_sync, leaf.cid, self._turn)
+                    )
+                    running.append((leaf, future))
+                leaf, future = running.popleft()
+                yield leaf, await future
         finally:
-            for _, task in running:
-                task.cancel()
+            for _, future in running:
+                future.cancel()
+
+
+def _read_body(response: http.client.HTTPResponse) -> bytearray:
+    """A block body read straight into one buffer (no copies); GatewayError when it is too big."""
+    length = response.getheader("Content-Length")
+    if length is None or not length.isdigit():
+        body = response.read(MAX_BLOCK + 1)
+        if len(body) > MAX_BLOCK:
+            raise GatewayError(f"block larger than {MAX_BLOCK} bytes")
+        if not response.isclosed():
+            response.read()
+        return bytearray(body)
+    if int(length) > MAX_BLOCK:
+        raise GatewayError(f"block larger than {MAX_BLOCK} bytes")
+    buf = bytearray(int(length))
+    view, filled = memoryview(buf), 0
+    while filled < len(buf):
+        got = response.readinto(view[filled:])
+        if not got:
+            raise http.client.IncompleteRead(bytes(buf[:filled]), len(buf) - filled)
+        filled += got
+    return buf

@@ -2,8 +2,10 @@
 the on-chain sha256, written under a temporary name and renamed only once both match.
 
 The DAG walk (`plan_file`) proves which leaf bytes the CID stands for; the writer hashes each leaf
-and the whole file in two threads while writing in order. An interrupted fetch leaves `<dest>.partial`;
-the next fetch re-checks its leaves from disk, keeps the good prefix and continues from there.
+and the whole file in two threads while writing in order (a source whose own `leaves` already matched
+each leaf to its CID, as the gateway fetcher does for failover, is not hashed twice). An interrupted
+fetch leaves `<dest>.partial`; the next fetch re-checks its leaves from disk, keeps the good prefix
+and continues from there.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storage.blocks import BlockSource, plan_file
+from storage.blocks import BlockSource, leaves_are_checked, plan_file
 from storage.cid import Cid, as_cid
 from storage.errors import IntegrityError, StorageError
 from storage.unixfs import FileDag, FileHashes, Leaf, Progress, hash_file
@@ -53,16 +55,23 @@ class _Writer:
     every `sync_every` bytes so that the final fsync does not wait for the whole file's writeback."""
 
     def __init__(
-        self, path: Path, root: Cid, whole: Any, window: int = 16, sync_every: int = 32 << 20
+        self,
+        path: Path,
+        root: Cid,
+        whole: Any,
+        window: int = 16,
+        sync_every: int = 32 << 20,
+        leaves_checked: bool = False,
     ) -> None:
         self._file = path.open("ab")
         self._root, self._whole, self._window, self._sync_every = root, whole, window, sync_every
+        self._leaves_checked = leaves_checked
         self._hash = ThreadPoolExecutor(1, "fetch-sha256")
         self._leaf = ThreadPoolExecutor(1, "fetch-leaf")
         self._disk = ThreadPoolExecutor(1, "fetch-write")
         self._flusher = ThreadPoolExecutor(1, "fetch-flush")
         self._flushing: Future[None] | None = None
-        self._pending: deque[tuple[Leaf, Future[bytes], Future[None], Future[None]]] = deque()
+        self._pending: deque[tuple[Leaf, Future[bytes] | None, Future[None], Future[None]]] = deque()
         self._unsynced = 0
         self.written = path.stat().st_size
 
@@ -75,8 +84,9 @@ class _Writer:
             self._unsynced = 0
 
     async def add(self, leaf: Leaf, data: bytes | bytearray) -> None:
-        """Queue a leaf; waits when `window` leaves are still being hashed or written."""
-        digest = self._leaf.submit(lambda: hashlib.sha256(data).digest())
+        """Queue a leaf; waits when `window` leaves are still being hashed or written. A leaf the
+        source already matched to its CID (`leaves_checked`) is not hashed a second time."""
+        digest = None if self._leaves_checked else self._leaf.submit(lambda: hashlib.sha256(data).digest())
         self._pending.append(
             (leaf, digest, self._hash.submit(self._whole.update, data), self._disk.submit(self._write, data))
         )
@@ -85,7 +95,7 @@ class _Writer:
 
     async def _settle(self) -> None:
         leaf, digest, hashed, written = self._pending.popleft()
-        actual = await asyncio.wrap_future(digest)
+        actual = leaf.cid.digest if digest is None else await asyncio.wrap_future(digest)
         await asyncio.wrap_future(hashed)
         await asyncio.wrap_future(written)
         if actual != leaf.cid.digest:
@@ -165,7 +175,7 @@ async def fetch_file(
     partial.parent.mkdir(parents=True, exist_ok=True)
     partial.touch()
     start, whole = await asyncio.to_thread(_good_prefix, partial, dag)
-    writer = _Writer(partial, root, whole)
+    writer = _Writer(partial, root, whole, leaves_checked=leaves_are_checked(source))
     resumed_from = writer.written
     try:
         async with aclosing(source.leaves(dag, start)) as leaves:

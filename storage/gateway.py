@@ -10,6 +10,7 @@ byte ranges) and re-hashed before they are sent, so a corrupt disk is reported r
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -78,16 +79,20 @@ class FileBlockStore:
         where = self._leaves.get(cid)
         if where is None:
             return None
-        data = await asyncio.to_thread(_read_range, where)
-        if not await asyncio.to_thread(cid.matches, data):
+        data, intact = await asyncio.to_thread(_read_checked, where, cid)
+        if not intact:
             raise StorageError(f"block {cid} in {where.path} at byte {where.offset} is corrupt on disk")
         return data
 
 
-def _read_range(where: _Range) -> bytes:
-    with where.path.open("rb") as f:
-        f.seek(where.offset)
-        return f.read(where.size)
+def _read_checked(where: _Range, cid: Cid) -> tuple[bytes, bool]:
+    """A leaf's bytes and whether they still hash to `cid`, in one worker-thread hop."""
+    fd = os.open(where.path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, where.size, where.offset)
+    finally:
+        os.close(fd)
+    return data, cid.matches(data)
 
 
 def _negotiate(request: Request) -> str | None:

@@ -77,9 +77,11 @@ class ByteStream:
         while filled < n:
             got = self._response.readinto(view[filled:])
             if not got:
-                del buf[filled:]
                 break
             filled += got
+        view.release()  # a bytearray with a live view cannot be shortened
+        if filled < n:
+            del buf[filled:]
         return buf
 
     async def read(self, n: int) -> bytearray:

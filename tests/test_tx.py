@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from eth_account import Account
@@ -12,8 +18,39 @@ from web3.contract import Contract
 from chain.accounts import dev_account
 from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout
 from chain.tx import TxSender
+from tests.conftest import ROOT
 
 ETHER = 10**18
+
+# A process that sends `count` transfers with Anvil's account 0 once told to go on stdin, then prints
+# the nonces it used and how many nonce conflicts the node reported to it.
+SENDER_PROCESS = """
+import json, logging, sys
+from web3 import Web3
+from chain.accounts import dev_account
+from chain.artifacts import load_artifact
+from chain.tx import TxSender
+
+url, token, recipient, lock_dir, count = sys.argv[1:6]
+conflicts = []
+class Conflicts(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("nonce_conflict"):
+            conflicts.append(record.getMessage())
+logging.getLogger("chain.tx").addHandler(Conflicts())
+logging.getLogger("chain.tx").setLevel(logging.INFO)
+w3 = Web3(Web3.HTTPProvider(url))
+contract = w3.eth.contract(address=token, abi=load_artifact("NetworkToken").abi)
+sender = TxSender(w3, dev_account(0), nonce_lock_dir=lock_dir)
+sender.chain_id
+print("ready", flush=True)
+sys.stdin.readline()
+nonces = []
+for _ in range(int(count)):
+    receipt = sender.send(contract.functions.transfer(recipient, 10**18))
+    nonces.append(w3.eth.get_transaction(receipt["transactionHash"])["nonce"])
+print(json.dumps({"nonces": nonces, "conflicts": len(conflicts)}), flush=True)
+"""
 
 
 def nonce_of(w3: Web3, address: str) -> int:
@@ -199,10 +236,11 @@ def test_send_reportsOutOfGas(chain_snapshot, token) -> None:
     assert "ran out of gas" in str(info.value)
 
 
-def test_send_explainsMissingGasMoney(chain_snapshot, token) -> None:
+def test_send_explainsMissingGasMoney(chain_snapshot, token, tmp_path) -> None:
     broke = Account.create()
     with pytest.raises(ChainError, match="too little ETH to pay for gas"):
-        TxSender(chain_snapshot, broke).send(token.functions.approve(dev_account(1).address, 1))
+        sender = TxSender(chain_snapshot, broke, nonce_lock_dir=tmp_path)  # a lock file per run otherwise
+        sender.send(token.functions.approve(dev_account(1).address, 1))
 
 
 def test_send_resyncsWhenAnotherSenderTookTheNonce(chain_snapshot, token) -> None:
@@ -221,3 +259,136 @@ def test_send_givesUpAfterMaxNonceRetries(chain_snapshot, token, monkeypatch) ->
     monkeypatch.setattr(sender, "_chain_nonce", lambda: 0)  # always a nonce that is long used
     with pytest.raises(ChainError, match=r"no free nonce .* after 2 retries"):
         sender.send(token.functions.transfer(dev_account(1).address, ETHER))
+
+
+def test_send_sendersInTwoProcessesWithSameKeyTakeTurns(chain_snapshot, token, tmp_path) -> None:
+    # The lock file makes senders of one key on one machine choose nonces in turn, so the node never
+    # sees the same nonce twice: no conflicts (and none of Anvil's silent drops of a same-nonce twin).
+    w3, owner, per_process = chain_snapshot, dev_account(0), 8
+    start = nonce_of(w3, owner.address)
+    recipients = [dev_account(i).address for i in (1, 2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SENDER_PROCESS, w3.provider.endpoint_uri, token.address, recipient,
+             str(tmp_path), str(per_process)],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for recipient in recipients
+    ]  # fmt: skip
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        for proc in procs:  # both start sending at once
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate(timeout=120) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]
+    results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+    nonces = sorted(n for r in results for n in r["nonces"])
+    assert nonces == list(range(start, start + 2 * per_process))
+    assert [r["conflicts"] for r in results] == [0, 0]
+    assert [token.functions.balanceOf(r).call() for r in recipients] == [per_process * ETHER] * 2
+
+
+def test_send_waitsForNonceLockHeldByAnotherProcess(chain_snapshot, token, tmp_path) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    sender = TxSender(w3, owner, nonce_lock_dir=tmp_path, nonce_lock_timeout=0.3)
+    before = nonce_of(w3, owner.address)
+    with open(sender.nonce_lock_path, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ChainError, match=r"could not take the nonce lock .* within 0.3 s"):
+            sender.send(token.functions.transfer(dev_account(1).address, ETHER))
+        assert nonce_of(w3, owner.address) == before
+    sender.send(token.functions.transfer(dev_account(1).address, ETHER))  # released: it goes through
+    assert nonce_of(w3, owner.address) == before + 1
+
+
+def _wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _send_in_thread(sender: TxSender, call) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["receipt"] = sender.send(call)
+        except Exception as exc:  # reported by the caller's assertion
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_send_resendsWhenAnotherTransactionTookItsNonce(token, automine_off) -> None:
+    # What happened under load: another sender's transaction with the same nonce and a higher fee was
+    # accepted as a replacement, ours was dropped without a word, and we waited for it forever.
+    w3, owner = automine_off, dev_account(0)
+    bob = dev_account(1).address
+    nonce = nonce_of(w3, owner.address)
+    sender = TxSender(w3, owner, stall_timeout=0.2, poll_interval=0.02, receipt_timeout=30)
+    thread, outcome = _send_in_thread(sender, token.functions.transfer(bob, ETHER))
+    _wait_until(lambda: nonce_of(w3, owner.address) == nonce + 1)
+    ours = w3.provider.make_request("txpool_content", [])["result"]["pending"][owner.address.lower()]
+    ours = ours[str(nonce)]
+    rival = {"to": owner.address, "value": 0, "gas": 21_000, "nonce": nonce, "chainId": w3.eth.chain_id}
+    rival |= {"maxFeePerGas": 2 * int(ours["maxFeePerGas"], 16), "maxPriorityFeePerGas": 2 * 10**9}
+    w3.eth.send_raw_transaction(owner.sign_transaction(rival).raw_transaction)
+    w3.provider.make_request("evm_mine", [])  # the rival is mined with our nonce
+    w3.provider.make_request("evm_setAutomine", [True])
+    thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    receipt = outcome["receipt"]
+    assert receipt["status"] == 1
+    assert w3.eth.get_transaction(receipt["transactionHash"])["nonce"] == nonce + 1
+    assert receipt["transactionHash"].to_0x_hex() != ours["hash"]
+    assert token.functions.balanceOf(bob).call() == ETHER  # sent again, executed once
+
+
+def test_send_rebroadcastsTransactionTheNodeDropped(token, automine_off) -> None:
+    w3, owner = automine_off, dev_account(0)
+    nonce = nonce_of(w3, owner.address)
+    sender = TxSender(w3, owner, stall_timeout=0.2, poll_interval=0.02, receipt_timeout=30)
+    thread, outcome = _send_in_thread(sender, token.functions.transfer(dev_account(1).address, ETHER))
+    _wait_until(lambda: nonce_of(w3, owner.address) == nonce + 1)
+    pool = w3.provider.make_request("txpool_content", [])["result"]["pending"][owner.address.lower()]
+    tx_hash = pool[str(nonce)]["hash"]
+    w3.provider.make_request("anvil_dropTransaction", [tx_hash])
+    assert nonce_of(w3, owner.address) == nonce
+    _wait_until(lambda: nonce_of(w3, owner.address) == nonce + 1)  # the sender handed it back
+    w3.provider.make_request("evm_mine", [])
+    thread.join(timeout=30)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["receipt"]["transactionHash"].to_0x_hex() == tx_hash
+    assert outcome["receipt"]["status"] == 1
+
+
+def test_send_fillsNonceGapNobodySent(chain_snapshot, token, monkeypatch) -> None:
+    w3, owner = chain_snapshot, dev_account(0)
+    bob = dev_account(1).address
+    gap = nonce_of(w3, owner.address)
+    sender = TxSender(w3, owner, stall_timeout=0.2, poll_interval=0.02, receipt_timeout=30)
+    real, skipped = sender._chain_nonce, []
+
+    def skip_one_nonce() -> int:  # as if a sender elsewhere took `gap` and never sent it
+        if not skipped:
+            skipped.append(True)
+            return real() + 1
+        return real()
+
+    monkeypatch.setattr(sender, "_chain_nonce", skip_one_nonce)
+    receipt = sender.send(token.functions.transfer(bob, ETHER))
+    assert receipt["status"] == 1
+    assert w3.eth.get_transaction(receipt["transactionHash"])["nonce"] == gap + 1
+    mined = [w3.eth.get_block(receipt["blockNumber"] - k, full_transactions=True) for k in (0, 1)]
+    filler = next(tx for block in mined for tx in block["transactions"] if tx["nonce"] == gap)
+    assert (filler["from"], filler["to"], filler["value"], filler["input"]) == (owner.address,) * 2 + (0, b"")
+    assert token.functions.balanceOf(bob).call() == ETHER

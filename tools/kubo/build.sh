@@ -7,18 +7,27 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 target="${1:-$root/build/bin/ipfs}"
+mkdir -p "$(dirname "$target")"
+# Absolute, so that our own link on PATH (the Makefile puts build/bin there) is recognised below.
+target_dir="$(cd "$(dirname "$target")" && pwd -P)"
+target="$target_dir/$(basename "$target")"
 version="$(awk '$1 == "github.com/ipfs/kubo" {print $2}' "$here/go.mod")"
 cache="${LLM_MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llm-mesh}/kubo-$version"
-mkdir -p "$(dirname "$target")"
 
 is_kubo() { "$1" version 2>/dev/null | grep -q '^ipfs version '; }
 
-# 1. An installed kubo (not our own link) is used as is.
+# 1. An installed kubo (not our own link, which would become a link to itself) is used as is.
 if [ "${LLM_MESH_KUBO_BUILD:-0}" != 1 ]; then
-  installed="$(PATH="$(echo "$PATH" | tr ':' '\n' | grep -vxF "$(dirname "$target")" | paste -sd:)" \
-    command -v ipfs || true)"
+  installed=""
+  IFS=: read -ra dirs <<<"$PATH"
+  for dir in "${dirs[@]}"; do
+    [ -n "$dir" ] && [ -x "$dir/ipfs" ] && [ "$(cd "$dir" && pwd -P)" != "$target_dir" ] || continue
+    installed="$dir/ipfs"
+    break
+  done
   if [ -n "$installed" ] && is_kubo "$installed"; then
     ln -sfn "$installed" "$target"
+    is_kubo "$target" || { echo "kubo: $target does not run after linking it to $installed" >&2; exit 1; }
     echo "kubo: using installed $installed ($("$installed" version))"
     exit 0
   fi
@@ -42,4 +51,5 @@ if ! is_kubo "$cache/ipfs"; then
   echo "kubo: built $cache/ipfs in $(( $(date +%s) - start ))s"
 fi
 ln -sfn "$cache/ipfs" "$target"
+is_kubo "$target" || { echo "kubo: $target does not run after linking it to $cache/ipfs" >&2; exit 1; }
 echo "kubo: $target -> $cache/ipfs ($("$target" version))"
