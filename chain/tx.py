@@ -148,13 +148,11 @@ class TxSender:
         GasCapExceeded, TxTimeout, or ChainError for what the node refuses. An explicit `gas`
         skips estimation (still capped).
         """
-        tx = self._base_transaction(call, value)
-        limit = self._gas_limit(tx) if gas is None else self._check_cap(gas, "the explicit gas limit")
-        sent = self._sign_and_send({**tx, "gas": limit, **self._fees(), "chainId": self.chain_id})
-        receipt = self._wait(sent)
-        if receipt["status"] != 1:
-            raise self._on_chain_revert(tx, limit, receipt)
-        return receipt
+        return self._send_tx(self._base_transaction(call, value), gas)
+
+    def send_value(self, to: str, value: int) -> TxReceipt:
+        """Send `value` wei of the native currency to `to` (gas estimated: `to` may be a contract)."""
+        return self._send_tx({"from": self.address, "to": to, "value": value, "data": "0x"}, None)
 
     def deploy(self, name: str, *args: Any) -> Contract:
         """Deploy a contract from its committed artifact and return it at its new address."""
@@ -169,6 +167,14 @@ class TxSender:
             receipt["transactionHash"].to_0x_hex(),
         )
         return self.w3.eth.contract(address=address, abi=artifact.abi)
+
+    def _send_tx(self, tx: dict[str, Any], gas: int | None) -> TxReceipt:
+        limit = self._gas_limit(tx) if gas is None else self._check_cap(gas, "the explicit gas limit")
+        sent = self._sign_and_send({**tx, "gas": limit, **self._fees(), "chainId": self.chain_id})
+        receipt = self._wait(sent)
+        if receipt["status"] != 1:
+            raise self._on_chain_revert(tx, limit, receipt)
+        return receipt
 
     # --- building ---------------------------------------------------------------------------------------
 

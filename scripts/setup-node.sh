@@ -56,8 +56,10 @@ with open(target, "w") as out:
 PY
 fi
 
+address="0x$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["address"])' "$keystore")"
 cat <<NEXT
-==> done. Next:
+==> done: the node account is $address. Next (on \`make devnet\`, fund it first:
+  $py -m scripts.faucet --dev-account 0 --to $address --amount 2000):
   $py -m scripts.configure_node --config $config --gpu-specs rtx4090 --ram 64 --storage 2000 --keystore $keystore
   $py -m scripts.register_node --config $config --keystore $keystore --stake 1000
   $py -m scripts.host_model --config $config --keystore $keystore --model gemma-3-270m

@@ -348,3 +348,24 @@ def test_publishModel_addsToKuboAndProposesWithKubosCid(devnet: Devnet, kubo_pai
     again = ok(script(devnet, "publish_model", str(model), *args))
     assert "is already model" in again
     assert hashlib.sha256(model.read_bytes()).hexdigest() in out
+
+
+def test_faucet_fundsAFreshKeystoreThatThenRegisters(devnet: Devnet, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("fresh-operator-pw\n")
+    keystore = tmp_path / "fresh.json"
+    address = ok(
+        script(devnet, "new_keystore", str(keystore), "--password-file", str(tmp_path / "pw"))
+    ).split()[0]
+    account = ["--keystore", str(keystore), "--password-file", str(tmp_path / "pw")]
+    register = ["--node-id", "fresh-node", "--endpoint", "http://127.0.0.1:18081", "--stake", "1200"]
+    fails(script(devnet, "register_node", *account, *register), "insufficient balance")
+
+    fails(script(devnet, "faucet", "--dev-account", "1", "--to", address, "--amount", "5"), "cannot mint")
+    fails(script(devnet, "faucet", "--dev-account", "0", "--to", "0x1234", "--amount", "5"), "not an address")
+    out = ok(script(devnet, "faucet", "--dev-account", "0", "--to", address, "--amount", "1500"))
+    assert "minted 1,500 MESH" in out and "1 ether for gas" in out
+    again = ok(script(devnet, "faucet", "--dev-account", "0", "--to", address, "--amount", "1"))
+    assert "holds 1,501 MESH" in again and "ether" not in again  # gas already there: nothing sent
+
+    out = ok(script(devnet, "register_node", *account, *register))
+    assert "staked 1,200 MESH" in out and "registered fresh-node" in out

@@ -63,9 +63,16 @@ contract InvariantsTest {
 
     // ------------------------------------------------------------ invariants
 
+    /// @notice Every property below holds after every call of every run. One campaign checks them
+    ///         all, so each call is checked against each property, and the campaign's runs go to
+    ///         depth instead of being split over one campaign per property.
+    function invariant_allPropertiesHold() public view {
+        _checkAll();
+    }
+
     /// @notice Settlement holds exactly every escrow plus every unwithdrawn earning, and the
     ///         escrows are what the model says (deposits - withdrawals - payments).
-    function invariant_escrowSolvent() public view {
+    function property_escrowSolvent() public view {
         address[] memory payers = handler.payers();
         uint256 escrows;
         for (uint256 i; i < payers.length; ++i) {
@@ -89,7 +96,7 @@ contract InvariantsTest {
     }
 
     /// @notice The registry holds exactly the stake and unbonding stake of every operator.
-    function invariant_stakeSolvent() public view {
+    function property_stakeSolvent() public view {
         address[] memory stakers = handler.stakers();
         uint256 held;
         for (uint256 i; i < stakers.length; ++i) {
@@ -116,7 +123,7 @@ contract InvariantsTest {
     /// @notice Everything payers paid (settle return values, and the escrow decrease measured
     ///         around each settle) is exactly what was credited or sent: node earnings + developers
     ///         + infrastructure + research + the vault's transfers.
-    function invariant_splitSumsExactly() public view {
+    function property_splitSumsExactly() public view {
         uint256 paid = handler.ghost_totalPaid();
         vm.assertEq(handler.ghost_escrowSpent(), paid, "escrow decrease != settle return values");
         address[] memory registered = handler.registeredNodes();
@@ -137,7 +144,7 @@ contract InvariantsTest {
 
     /// @notice Each node's earnings are the sum over its runs of floor(30% of the run), and every
     ///         treasury part is the sum of its per-run floors (research takes the remainders).
-    function invariant_nodeShareIsFloorOfEachRun() public view {
+    function property_nodeShareIsFloorOfEachRun() public view {
         address[] memory stakers = handler.stakers();
         for (uint256 i; i < stakers.length; ++i) {
             vm.assertEq(_credited(stakers[i]), handler.ghost_expNode(stakers[i]), "node part != sum of floor(30%)");
@@ -158,7 +165,7 @@ contract InvariantsTest {
 
     /// @notice A channel's paid amount and token count never go down, and equal the newest
     ///         receipt the model paid.
-    function invariant_paidNeverDecreases() public view {
+    function property_paidNeverDecreases() public view {
         vm.assertEq(handler.ghost_channelDecreases(), 0, "a channel decreased");
         address[] memory payers = handler.payers();
         address[] memory stakers = handler.stakers();
@@ -174,7 +181,7 @@ contract InvariantsTest {
     }
 
     /// @notice Reputation counters are the sums of what was settled to (and slashed from) each node.
-    function invariant_reputationMatchesPayments() public view {
+    function property_reputationMatchesPayments() public view {
         address[] memory stakers = handler.stakers();
         for (uint256 i; i < stakers.length; ++i) {
             INodeRegistry.Reputation memory rep = nodes.reputationOf(stakers[i]);
@@ -188,7 +195,7 @@ contract InvariantsTest {
 
     /// @notice Tokens are only moved, never created or lost: the holders' balances sum to the
     ///         supply, which changes only by the handler's mints.
-    function invariant_tokenSupplyConserved() public view {
+    function property_tokenSupplyConserved() public view {
         address[] memory list = handler.holders();
         uint256 sum;
         for (uint256 i; i < list.length; ++i) {
@@ -200,7 +207,7 @@ contract InvariantsTest {
 
     /// @notice Every call did what the model predicted: return values, revert selectors,
     ///         ReceiptRejected reasons and amounts moved.
-    function invariant_handlerMatchesModel() public view {
+    function property_handlerMatchesModel() public view {
         if (handler.ghost_unexpected() != 0) {
             vm.assertEq(handler.lastUnexpected(), "", "a call differed from the model");
         }
@@ -271,14 +278,14 @@ contract InvariantsTest {
     }
 
     function _checkAll() internal view {
-        invariant_escrowSolvent();
-        invariant_stakeSolvent();
-        invariant_splitSumsExactly();
-        invariant_nodeShareIsFloorOfEachRun();
-        invariant_paidNeverDecreases();
-        invariant_reputationMatchesPayments();
-        invariant_tokenSupplyConserved();
-        invariant_handlerMatchesModel();
+        property_escrowSolvent();
+        property_stakeSolvent();
+        property_splitSumsExactly();
+        property_nodeShareIsFloorOfEachRun();
+        property_paidNeverDecreases();
+        property_reputationMatchesPayments();
+        property_tokenSupplyConserved();
+        property_handlerMatchesModel();
     }
 
     function _credited(address account) internal view returns (uint256) {

@@ -1,0 +1,63 @@
+"""Fund an address on a development network: the NetworkToken owner mints MESH to it and sends it
+native currency for gas, so a fresh keystore can stake or deposit. Needs the token owner's account
+(on `make devnet`: --dev-account 0)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from web3 import Web3
+
+from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+
+DEFAULT_GAS_FUNDS = "1"  # ether: thousands of transactions on Anvil's 1-gwei-ish fees
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--to", required=True, help="the address to fund (0x..., e.g. from new_keystore.py)")
+    p.add_argument("--amount", required=True, help="MESH to mint to it")
+    p.add_argument(
+        "--gas-funds",
+        default=DEFAULT_GAS_FUNDS,
+        help=f"top its native balance up to this many ether for gas (default {DEFAULT_GAS_FUNDS}; 0: none)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not Web3.is_address(args.to):
+        raise UsageError(f"--to {args.to!r} is not an address; pass 0x followed by 40 hex digits")
+    amount = parse_amount(args.amount)
+    gas_target = 0 if args.gas_funds == "0" else parse_amount(args.gas_funds, "--gas-funds")
+    session = connect(args)
+    to = Web3.to_checksum_address(args.to)
+    owner = session.token.functions.owner().call()
+    if owner != session.address:
+        raise UsageError(
+            f"{session.address} cannot mint: the token owner is {owner} (on make devnet: --dev-account 0)"
+        )
+    session.send(session.token.functions.mint(to, amount))
+    topped = _top_up_gas(session, to, gas_target)
+    balance = session.token.functions.balanceOf(to).call()
+    print(f"minted {fmt(amount)} to {to}; it holds {fmt(balance)}" + (f", sent {topped}" if topped else ""))
+    return 0
+
+
+def _top_up_gas(session, to: str, target: int) -> str:
+    """Send native currency so `to` holds `target` wei; '' when it already does."""
+    missing = target - session.w3.eth.get_balance(to)
+    if missing <= 0:
+        return ""
+    session.sender.send_value(to, missing)
+    return f"{Web3.from_wei(missing, 'ether')} ether for gas"
+
+
+def cli() -> None:
+    sys.exit(run(main))
+
+
+if __name__ == "__main__":
+    cli()
