@@ -1,6 +1,7 @@
-"""Run a local llm-mesh chain: Anvil with state kept in a directory, the contracts deployed, test
-accounts funded with MESH, and a deployment file for every other command. Ctrl-C stops it; the
-next start resumes the same chain.
+"""Run a local llm-mesh network: Anvil with state kept in a directory, the contracts deployed, test
+accounts funded with MESH, a deployment file for every other command, and a kubo (IPFS) daemon with
+its own repository there, on loopback and connected to no public peer. Ctrl-C stops both; the next
+start resumes the same chain and the same IPFS content.
 
 DEV ONLY: the accounts are Anvil's well-known test keys.
 """
@@ -24,6 +25,8 @@ from chain.deploy import deploy_all
 from chain.deployment import Deployment, contract_at, load_deployment, save_deployment
 from chain.tx import TxSender
 from scripts.common import fmt, run
+from storage.daemon import KuboDaemon
+from storage.errors import StorageError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNDING = 100_000 * 10**18
@@ -129,6 +132,21 @@ def fund(w3: Web3, deployment: Deployment, amount: int = FUNDING) -> list[str]:
     return funded
 
 
+def start_kubo(state_dir: Path) -> KuboDaemon:
+    """kubo with its repository in `state_dir/kubo`, API on 5001 (or a free port) and loopback only."""
+    daemon = KuboDaemon(state_dir / "kubo", api_port=pick_port(5001), gateway_port=pick_port(8080))
+    try:
+        return daemon.start()
+    except StorageError as exc:
+        raise SystemExit(f"error: {exc} (or run without IPFS: --no-kubo)") from None
+
+
+def env_line(url: str, deployment_path: Path, kubo: KuboDaemon | None) -> str:
+    """The environment the scripts read, as one `export` line."""
+    line = f"export LLM_MESH_RPC_URL={url} LLM_MESH_DEPLOYMENT={deployment_path}"
+    return line + (f" LLM_MESH_KUBO_API={kubo.api_url}" if kubo else "")
+
+
 def summary(url: str, deployment_path: Path, deployment: Deployment, accounts: list[str], w3: Web3) -> str:
     token = contract_at(w3, deployment, "NetworkToken")
     lines = [
@@ -143,8 +161,6 @@ def summary(url: str, deployment_path: Path, deployment: Deployment, accounts: l
     ]
     lines.append("  accounts (use --dev-account N with the scripts):")
     lines += [f"    [{i}] {a}  {fmt(token.functions.balanceOf(a).call())}" for i, a in enumerate(accounts)]
-    lines.append(f"  export LLM_MESH_RPC_URL={url} LLM_MESH_DEPLOYMENT={deployment_path}")
-    lines.append("Ctrl-C stops it; the next start resumes the same chain.")
     return "\n".join(lines)
 
 
@@ -157,22 +173,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8545, help="preferred RPC port (a free one if taken)")
     p.add_argument("--block-time", type=float, help="mine every N seconds instead of on each transaction")
+    p.add_argument("--no-kubo", action="store_true", help="do not start the IPFS (kubo) daemon")
     return p
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager, `timeout`, `kill`) stops the devnet like Ctrl-C: Anvil and kubo
+    run in their own sessions and would otherwise outlive us."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     port = pick_port(args.port)
     proc, w3 = start_anvil(args.state_dir, port, args.block_time)
+    kubo: KuboDaemon | None = None
     try:
+        kubo = None if args.no_kubo else start_kubo(args.state_dir)
         deployment_path = args.state_dir / "deployment.json"
         deployment = ensure_deployed(w3, deployment_path)
         accounts = fund(w3, deployment)
         url = f"http://127.0.0.1:{port}"
-        (args.state_dir / "env").write_text(
-            f"export LLM_MESH_RPC_URL={url} LLM_MESH_DEPLOYMENT={deployment_path}\n"
-        )
+        (args.state_dir / "env").write_text(env_line(url, deployment_path, kubo) + "\n")
         print(summary(url, deployment_path, deployment, accounts, w3), flush=True)
+        if kubo is not None:
+            print(f"  IPFS (kubo)  API {kubo.api_url}  gateway http://127.0.0.1:{kubo.gateway_port}")
+        print(f"  {env_line(url, deployment_path, kubo)}")
+        print("Ctrl-C stops it; the next start resumes the same chain and IPFS content.", flush=True)
         while proc.poll() is None:
             time.sleep(0.5)
         print(
@@ -183,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping", flush=True)
         return 0
     finally:
+        # A second Ctrl-C (or a SIGTERM) must not cut the shutdown short and orphan Anvil or kubo.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if kubo is not None:
+            kubo.stop()
         stop(proc)
 
 

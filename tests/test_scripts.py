@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from chain.accounts import ANVIL_DEV_KEYS
@@ -29,11 +31,17 @@ class Devnet:
         self.output = ""
 
     @property
+    def kubo_api(self) -> str:
+        """The RPC URL of the devnet's kubo, as its summary prints it."""
+        return re.search(r"IPFS \(kubo\)  API (http://127\.0\.0\.1:\d+)", self.output).group(1)
+
+    @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
             "LLM_MESH_RPC_URL": f"http://127.0.0.1:{self.port}",
             "LLM_MESH_DEPLOYMENT": str(self.state_dir / "deployment.json"),
+            "LLM_MESH_KUBO_API": self.kubo_api if self.output else "",
         }
 
     def start(self) -> None:
@@ -132,6 +140,11 @@ def test_devnet_printsSummaryAndWritesDeployment(devnet: Devnet) -> None:
     assert f"http://127.0.0.1:{devnet.port}" in devnet.output
     assert deployment["settlement"] in devnet.output
     assert "100,000 MESH" in devnet.output
+    # Its kubo answers on loopback, with its repository in the state directory, and the env line names it.
+    api = devnet.kubo_api
+    assert httpx.post(f"{api}/api/v0/id", timeout=10).status_code == 200
+    assert (devnet.state_dir / "kubo" / "config").exists()
+    assert f"LLM_MESH_KUBO_API={api}" in (devnet.state_dir / "env").read_text()
 
 
 def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: dict[str, Path]) -> None:
@@ -310,44 +323,34 @@ def test_setupNode_createsKeystoreAndConfigIdempotently(tmp_path: Path) -> None:
     assert load_keystore(keystore, "a-good-password").address == address  # not replaced
 
 
-def test_publishModel_addsToKuboAndProposesWithKubosCid(devnet: Devnet, kubo_pair, tmp_path: Path) -> None:
-    """PATH mode: the file goes to a real kubo, and the CID on chain is the one kubo reports."""
+def test_publishModel_addsToTheDevnetsKuboAndProposesWithKubosCid(devnet: Devnet, tmp_path: Path) -> None:
+    """PATH mode on `make devnet`: the file goes to the devnet's kubo (found through LLM_MESH_KUBO_API),
+    the CID on chain is the one kubo reports, and the pinned file survives a devnet restart."""
     import hashlib
 
-    import httpx
-
-    publisher, _ = kubo_pair
     model = tmp_path / "tiny.gguf"
     model.write_bytes(b"GGUF" + bytes(range(256)) * 5000)
-    args = [
-        "--dev-account",
-        "2",
-        "--kubo-api",
-        publisher.api_url,
-        "--name",
-        "tiny-model",
-        "--context",
-        "2048",
-        "--price-per-1k",
-        "0.001",
-        "--specialties",
-        "python",
-    ]
-    out = ok(script(devnet, "publish_model", str(model), *args))
+    args = ["--dev-account", "2", "--name", "tiny-model", "--context", "2048", "--price-per-1k", "0.001"]
+    out = ok(script(devnet, "publish_model", str(model), *args, "--specialties", "python"))
     cid = out.split(" as ", 1)[1].split()[0]
     kubo_cid = httpx.post(
-        f"{publisher.api_url}/api/v0/add",
+        f"{devnet.kubo_api}/api/v0/add",
         params={"cid-version": 1, "raw-leaves": "true", "chunker": "size-1048576", "only-hash": "true"},
         files={"file": model.read_bytes()},
     )
     assert kubo_cid.json()["Hash"] == cid
-    pins = httpx.post(f"{publisher.api_url}/api/v0/pin/ls", params={"arg": cid}).json()
-    assert cid in pins["Keys"]
     status = ok(script(devnet, "status"))
     assert "tiny-model" in status and cid in status
-    again = ok(script(devnet, "publish_model", str(model), *args))
+    again = ok(script(devnet, "publish_model", str(model), *args, "--specialties", "python"))
     assert "is already model" in again
     assert hashlib.sha256(model.read_bytes()).hexdigest() in out
+
+    assert devnet.stop() == 0
+    devnet.start()
+    pins = httpx.post(f"{devnet.kubo_api}/api/v0/pin/ls", params={"arg": cid}, timeout=10).json()
+    assert cid in pins["Keys"]
+    cat = httpx.post(f"{devnet.kubo_api}/api/v0/cat", params={"arg": cid}, timeout=30)
+    assert cat.content == model.read_bytes()
 
 
 def test_faucet_fundsAFreshKeystoreThatThenRegisters(devnet: Devnet, tmp_path: Path) -> None:
@@ -369,3 +372,28 @@ def test_faucet_fundsAFreshKeystoreThatThenRegisters(devnet: Devnet, tmp_path: P
 
     out = ok(script(devnet, "register_node", *account, *register))
     assert "staked 1,200 MESH" in out and "registered fresh-node" in out
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId"}, timeout=2)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "signals", [[signal.SIGTERM], [signal.SIGINT, signal.SIGINT]], ids=["term", "int-twice"]
+)
+def test_devnet_stopSignals_stopAnvilAndKuboToo(tmp_path: Path, signals: list[int]) -> None:
+    """SIGTERM, or a second Ctrl-C during shutdown, must not leave Anvil or kubo running."""
+    net = Devnet(tmp_path / "devnet")
+    net.start()
+    anvil_url, kubo_url = f"http://127.0.0.1:{net.port}", f"{net.kubo_api}/api/v0/id"
+    assert _answers(anvil_url) and _answers(kubo_url)
+    for sig in signals:
+        net.proc.send_signal(sig)
+        time.sleep(0.05)
+    assert net.proc.wait(timeout=60) == 0
+    net.proc.stdout.close()
+    assert not _answers(anvil_url) and not _answers(kubo_url)
