@@ -9,6 +9,9 @@ on the same disk, page cache warm, best of several rounds:
   vs copying the file with fsync; goal >= 0.5. Three sources: a kubo daemon that has the blocks
   (warm), a kubo daemon that gets every block from its peer over bitswap (cold), and another node's
   trustless gateway (no kubo).
+- memory: peak Python memory (tracemalloc) of verify and of a warm kubo fetch, for the model and for
+  its first half, against the bound the code sets (verify: its read buffers; fetch: its window of
+  leaves in flight), which does not depend on the file's size: goal peak / bound <= 1.2.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,14 +35,14 @@ from fastapi import FastAPI
 
 from storage.blocks import GatewayBlocks, KuboBlocks
 from storage.daemon import KuboDaemon, free_port
-from storage.fetch import fetch_file, verify_file
+from storage.fetch import FETCH_WINDOW, fetch_file, verify_file
 from storage.gateway import FileBlockStore, gateway_router
 from storage.kubo import KuboClient
 from storage.publish import publish
-from storage.unixfs import hash_file
+from storage.unixfs import CHUNK_SIZE, CHUNKS_PER_READ, READ_BUFFERS, hash_file
 
 ROOT = Path(__file__).resolve().parent.parent
-VERIFY_GOAL, FETCH_GOAL = 1.25, 0.5
+VERIFY_GOAL, FETCH_GOAL, MEMORY_GOAL = 1.25, 0.5, 1.2
 
 
 def model_path() -> Path:
@@ -77,6 +81,33 @@ def copy_with_fsync(src: Path, dst: Path) -> None:
     fd = os.open(dst, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Peak bytes of Python memory one call allocates (tracemalloc sees every buffer we read into)."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def half_of(path: Path, work: Path) -> Path:
+    """A file holding the first half of `path` (whole 1 MiB chunks), for the memory comparison."""
+    small = work / f"half-{path.name}"
+    with path.open("rb") as src, small.open("wb") as dst:
+        dst.write(src.read(max(1, path.stat().st_size // 2 >> 20) << 20))
+    return small
+
+
+def bench_memory(path: Path, small: Path) -> dict[str, int]:
+    """Peak memory of verify_file on the whole file and on its half."""
+    out = {}
+    for name, file in (("verify", path), ("verify, a half", small)):
+        hashes = hash_file(file)
+        out[name] = peak_memory(lambda f=file, h=hashes: verify_file(f, h.cid, h.sha256))
+    return out
 
 
 def bench_verify(path: Path, rounds: int) -> dict[str, float]:
@@ -135,6 +166,15 @@ async def _atimed(make: Callable[[], Awaitable[object]]) -> float:
     return time.perf_counter() - start
 
 
+async def _apeak(work: Awaitable[object]) -> float:
+    tracemalloc.start()
+    try:
+        await work
+        return float(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
 async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
     """Fetch+verify from kubo (warm and over bitswap) and from a gateway, and a copy, in `work`."""
     out: dict[str, float] = {}
@@ -158,6 +198,13 @@ async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
                 copy_times.append(timed(lambda: copy_with_fsync(path, work / "copy")))
                 warm.append(await _atimed(lambda: fetch(KuboBlocks(ka), "warm")))
             out["kubo, blocks local (warm)"] = min(warm)
+            small = half_of(path, work)
+            small_published = await publish(ka, small)
+            for name, what in (("fetch", published), ("fetch, a half", small_published)):
+                dest = work / "memory"
+                dest.unlink(missing_ok=True)
+                fetch_one = fetch_file(KuboBlocks(ka), what.cid, dest, what.sha256, what.size)
+                out[f"memory: {name}"] = await _apeak(fetch_one)
             with _PeerGateway(path) as url:
                 source = GatewayBlocks([url], parallel=4)
                 gw = []
@@ -168,6 +215,20 @@ async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
             out["trustless gateway (no kubo)"] = min(gw)
     out["copy"] = min(copy_times)
     return out
+
+
+def report_memory(m: dict[str, float]) -> None:
+    """Peak memory for the whole file and its half against the bound the code sets."""
+    bounds = {"verify": READ_BUFFERS * CHUNKS_PER_READ * CHUNK_SIZE, "fetch": (FETCH_WINDOW + 1) * CHUNK_SIZE}
+    print()
+    for name, bound in bounds.items():
+        whole, half = m[name], m[f"{name}, a half"]
+        ratio = max(whole, half) / bound
+        verdict = "OK" if ratio <= MEMORY_GOAL else "MISSED"
+        print(
+            f"peak memory, {name:6s}  {whole / 2**20:5.1f} MiB (file), {half / 2**20:5.1f} MiB (its half), "
+            f"bound {bound / 2**20:.0f} MiB: peak / bound = {ratio:.2f} (goal <= {MEMORY_GOAL}) {verdict}"
+        )
 
 
 def report(mb: float, v: dict[str, float], f: dict[str, float]) -> None:
@@ -211,7 +272,10 @@ def main() -> int:
         shutil.copyfile(path, local)  # the measured file lives on the measured disk
         v = bench_verify(local, args.rounds)
         f = asyncio.run(bench_fetch(local, work, args.rounds))
+        m = {**bench_memory(local, half_of(local, work)), **f}
+        m["fetch"], m["fetch, a half"] = f.pop("memory: fetch"), f.pop("memory: fetch, a half")
     report(mb, v, f)
+    report_memory(m)
     return 0
 
 

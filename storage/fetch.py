@@ -49,6 +49,10 @@ def check_sha256(value: str) -> str:
     return text
 
 
+# Leaves a fetch holds in memory at most while they are hashed and written: its memory bound.
+FETCH_WINDOW = 16
+
+
 class _Writer:
     """Writes leaves in file order while checking them: the leaf hashes, the whole-file sha256 and the
     writes each run in their own thread over the same buffers, and a fourth thread flushes to disk
@@ -59,7 +63,7 @@ class _Writer:
         path: Path,
         root: Cid,
         whole: Any,
-        window: int = 16,
+        window: int = FETCH_WINDOW,
         sync_every: int = 32 << 20,
         leaves_checked: bool = False,
     ) -> None:

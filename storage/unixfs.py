@@ -23,6 +23,8 @@ from storage.cid import RAW, Cid, dag_pb_cid
 from storage.dagpb import PBLink, encode_node, encode_unixfs_file
 
 CHUNK_SIZE = 1024 * 1024
+# hash_file reads CHUNKS_PER_READ chunks at a time into one of READ_BUFFERS buffers: its whole memory.
+CHUNKS_PER_READ, READ_BUFFERS = 8, 4
 MAX_LINKS = 174
 EMPTY_DIGEST = hashlib.sha256(b"").digest()
 
@@ -145,8 +147,8 @@ def hash_file(
     keep_dag: bool = False,
     progress: Progress | None = None,
     chunk_size: int = CHUNK_SIZE,
-    chunks_per_read: int = 8,
-    in_flight: int = 3,
+    chunks_per_read: int = CHUNKS_PER_READ,
+    in_flight: int = READ_BUFFERS - 1,
 ) -> FileHashes:
     """CID and sha256 of a file in one read, the two hashes in parallel threads.
 
