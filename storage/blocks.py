@@ -88,6 +88,8 @@ async def _walk(source: BlockSource, cid: Cid, size: int | None, dag: FileDag) -
     if cid.codec == RAW:
         if size is None:
             raise DagError(f"raw block {cid} has no size in its parent")
+        if size > MAX_BLOCK:  # a hostile DAG must not make a reader allocate what it claims
+            raise DagError(f"raw block {cid} claims {size} bytes; blocks are at most {MAX_BLOCK} bytes")
         dag.leaves.append(Leaf(cid, dag.size, size))
         dag.size += size
         return
@@ -188,7 +190,7 @@ class GatewayBlocks:
             conn.request("GET", f"/ipfs/{cid}?format=raw", headers={"Accept": RAW_CONTENT_TYPE})
             response = conn.getresponse()
             if response.status != 200:
-                response.read()
+                conn.close()  # not drained: a peer's error body could be any size
                 raise GatewayError(f"HTTP {response.status}")
             body = _read_body(response)
         except (OSError, http.client.HTTPException):

@@ -79,6 +79,9 @@ class ModelCache:
         self.blocks = serve if serve is not None else FileBlockStore()
         self._leases: dict[Cid, int] = {}
         self._locks: dict[Cid, asyncio.Lock] = {}
+        # Fetches in progress and the bytes each will occupy: counted as used from the moment the fetch
+        # knows its size, so concurrent fetches cannot together overfill the cache.
+        self._reserved: dict[Cid, int] = {}
         for entry in self.entries():
             self._serve(entry.cid)
 
@@ -105,8 +108,40 @@ class ModelCache:
         return sorted(out, key=lambda e: e.last_used)
 
     def used_bytes(self) -> int:
-        """Bytes taken by complete and partial files."""
-        return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
+        """Bytes taken by complete and partial files and their DAG records, with every fetch in
+        progress counted at its full size."""
+        total = 0
+        for path in self.root.iterdir():
+            if not path.is_file():
+                continue
+            size = path.stat().st_size
+            if path.name.endswith(PARTIAL_SUFFIX) and self._partial_cid(path) in self._reserved:
+                continue  # counted below, as the larger of what is there and what will be
+            total += size
+        for cid, planned in self._reserved.items():
+            partial = self.root / f"{cid}{PARTIAL_SUFFIX}"
+            total += max(planned, partial.stat().st_size if partial.is_file() else 0)
+        return total
+
+    def _partial_cid(self, path: Path) -> Cid | None:
+        try:
+            return Cid.parse(path.name.removesuffix(PARTIAL_SUFFIX))
+        except CidError:
+            return None
+
+    def _footprint(self, cid: Cid) -> int:
+        """Bytes evicting `cid` frees: its file, DAG record and any partial download."""
+        paths = (self.root / f"{cid}{suffix}" for suffix in ("", DAG_SUFFIX, PARTIAL_SUFFIX))
+        return sum(p.stat().st_size for p in paths if p.is_file())
+
+    def _orphan_partials(self) -> list[tuple[float, Cid]]:
+        """Interrupted downloads nobody is fetching now, as (last write, cid)."""
+        out = []
+        for path in self.root.glob(f"*{PARTIAL_SUFFIX}"):
+            cid = self._partial_cid(path)
+            if cid is not None and cid not in self._reserved and not self.path(cid).exists():
+                out.append((path.stat().st_mtime, cid))
+        return out
 
     def _serve(self, cid: Cid) -> None:
         """Register a cached file with the gateway block store (rebuilding its DAG record if lost)."""
@@ -150,7 +185,8 @@ class ModelCache:
             self._leases.pop(cid, None)
 
     def make_room(self, needed: int, keep: Cid | None = None) -> list[Cid]:
-        """Evict least recently used models not in use until `needed` more bytes fit; return the evicted."""
+        """Evict least recently used models not in use (and interrupted downloads nobody is resuming)
+        until `needed` more bytes fit; return the evicted. `keep` is never evicted."""
         if needed > self.max_bytes:
             raise CacheFullError(
                 f"a model of {needed} bytes cannot fit a cache limited to {self.max_bytes} bytes: "
@@ -158,27 +194,33 @@ class ModelCache:
             )
         evicted = []
         free = self.max_bytes - self.used_bytes()
-        for entry in self.entries():
+        candidates = [(e.last_used, e.cid) for e in self.entries() if not e.in_use]
+        for _, cid in sorted(candidates + self._orphan_partials()):
             if free >= needed:
                 break
-            if entry.in_use or entry.cid == keep:
+            if cid == keep or cid in self._reserved:
                 continue
-            self.evict(entry.cid)
-            free += entry.size
-            evicted.append(entry.cid)
+            free += self._footprint(cid)
+            self.evict(cid)
+            evicted.append(cid)
         if free < needed:
             busy = ", ".join(f"{e.cid} ({e.size} bytes)" for e in self.entries() if e.in_use)
+            fetching = ", ".join(f"{cid} ({size} bytes)" for cid, size in self._reserved.items())
             raise CacheFullError(
                 f"need {needed} bytes but only {free} of {self.max_bytes} can be freed; "
-                f"in use: {busy or 'none'}. Unload a model or raise the cache limit"
+                f"in use: {busy or 'none'}; being fetched: {fetching or 'none'}. "
+                "Unload a model, wait for the fetches or raise the cache limit"
             )
         return evicted
 
     def evict(self, cid: Cid | str) -> None:
-        """Delete a model that is not in use, with its DAG record and any partial download."""
+        """Delete a model that is neither in use nor being fetched, with its DAG record and any partial
+        download."""
         cid = as_cid(cid)
         if self._leases.get(cid):
             raise StorageError(f"{cid} is in use and cannot be evicted")
+        if cid in self._reserved:
+            raise StorageError(f"{cid} is being fetched and cannot be evicted now")
         self.blocks.remove(cid)
         for suffix in ("", DAG_SUFFIX, PARTIAL_SUFFIX):
             (self.root / f"{cid}{suffix}").unlink(missing_ok=True)
@@ -198,16 +240,23 @@ class ModelCache:
             if self.has(cid):
                 _touch(self.path(cid))
                 return self.path(cid)
-            partial = self.root / f"{cid}{PARTIAL_SUFFIX}"
 
             def room(dag: FileDag) -> None:
+                # Our own partial file is not counted once reserved: the reservation is the whole file.
+                self._reserved.pop(cid, None)
+                partial = self.root / f"{cid}{PARTIAL_SUFFIX}"
                 have = partial.stat().st_size if partial.exists() else 0
                 self.make_room(max(dag.size, 0) - have, keep=cid)
+                self._reserved[cid] = max(dag.size, 0)
 
-            fetched: Fetched = await fetch_file(
-                source, cid, self.path(cid), sha256, size, progress, on_plan=room
-            )
-            (self.root / f"{cid}{DAG_SUFFIX}").write_text(dag_to_json(fetched.dag))
+            self._reserved[cid] = 0  # from now on nobody evicts its partial download
+            try:
+                fetched: Fetched = await fetch_file(
+                    source, cid, self.path(cid), sha256, size, progress, on_plan=room
+                )
+                (self.root / f"{cid}{DAG_SUFFIX}").write_text(dag_to_json(fetched.dag))
+            finally:
+                self._reserved.pop(cid, None)
             self.blocks.add(fetched.path, fetched.dag)
             _touch(fetched.path)
             return fetched.path

@@ -27,6 +27,9 @@ from storage.errors import IntegrityError, StorageError
 from storage.unixfs import FileDag, FileHashes, Leaf, Progress, hash_file
 
 PARTIAL_SUFFIX = ".partial"
+# A leaf on its way to disk: the leaf, its bytes, its CID check (None: the source checked it), the
+# whole-file hash update and the write.
+_Queued = tuple[Leaf, bytes | bytearray, "Future[bool] | None", "Future[None]", "Future[None]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ class _Writer:
         self._disk = ThreadPoolExecutor(1, "fetch-write")
         self._flusher = ThreadPoolExecutor(1, "fetch-flush")
         self._flushing: Future[None] | None = None
-        self._pending: deque[tuple[Leaf, Future[bytes] | None, Future[None], Future[None]]] = deque()
+        self._pending: deque[_Queued] = deque()
         self._unsynced = 0
         self.written = path.stat().st_size
 
@@ -83,6 +86,10 @@ class _Writer:
         self._file.write(data)
         self._unsynced += len(data)
         if self._unsynced >= self._sync_every and (self._flushing is None or self._flushing.done()):
+            if self._flushing is not None:
+                # Linux reports a writeback error once: a failed background sync must fail the fetch,
+                # or the final fsync could succeed over lost pages and the file be exposed.
+                self._flushing.result()
             self._file.flush()
             self._flushing = self._flusher.submit(os.fdatasync, self._file.fileno())
             self._unsynced = 0
@@ -90,26 +97,40 @@ class _Writer:
     async def add(self, leaf: Leaf, data: bytes | bytearray) -> None:
         """Queue a leaf; waits when `window` leaves are still being hashed or written. A leaf the
         source already matched to its CID (`leaves_checked`) is not hashed a second time."""
-        digest = None if self._leaves_checked else self._leaf.submit(lambda: hashlib.sha256(data).digest())
+        intact = None if self._leaves_checked else self._leaf.submit(leaf.cid.matches, data)
         self._pending.append(
-            (leaf, digest, self._hash.submit(self._whole.update, data), self._disk.submit(self._write, data))
+            (
+                leaf,
+                data,
+                intact,
+                self._hash.submit(self._whole.update, data),
+                self._disk.submit(self._write, data),
+            )
         )
         if len(self._pending) > self._window:
             await self._settle()
 
     async def _settle(self) -> None:
-        leaf, digest, hashed, written = self._pending.popleft()
-        actual = leaf.cid.digest if digest is None else await asyncio.wrap_future(digest)
+        leaf, data, intact, hashed, written = self._pending.popleft()
+        matches = True if intact is None else await asyncio.wrap_future(intact)
         await asyncio.wrap_future(hashed)
         await asyncio.wrap_future(written)
-        if actual != leaf.cid.digest:
+        length = len(data)
+        if not matches:
             raise IntegrityError(
                 f"leaf {leaf.cid} at byte {leaf.offset} of {self._root}",
                 f"sha256 {leaf.cid.digest.hex()}",
-                f"sha256 {actual.hex()}",
+                f"sha256 {hashlib.sha256(data).hexdigest()}",
                 "the source sent tampered or corrupt bytes; the partial file was deleted",
             )
-        self.written += len_or(leaf)
+        if leaf.size >= 0 and length != leaf.size:
+            raise IntegrityError(
+                f"leaf {leaf.cid} at byte {leaf.offset} of {self._root}",
+                f"{leaf.size} bytes (in its parent)",
+                f"{length} bytes",
+                "the DAG and the block disagree; the partial file was deleted",
+            )
+        self.written += length
 
     async def finish(self) -> str:
         """Wait for everything, fsync, return the whole-file sha256."""
@@ -131,11 +152,6 @@ class _Writer:
         self._file.close()
 
 
-def len_or(leaf: Leaf) -> int:
-    """A leaf's size (0 while unknown)."""
-    return max(leaf.size, 0)
-
-
 def _good_prefix(partial: Path, dag: FileDag) -> tuple[int, Any]:
     """How many leaves of an interrupted download are intact, and the sha256 state after them."""
     whole, count = hashlib.sha256(), 0
@@ -145,7 +161,7 @@ def _good_prefix(partial: Path, dag: FileDag) -> tuple[int, Any]:
             if leaf.size < 0 or leaf.offset + leaf.size > have:
                 break
             data = f.read(leaf.size)
-            if hashlib.sha256(data).digest() != leaf.cid.digest:
+            if not leaf.cid.matches(data):
                 break
             whole.update(data)
             count += 1

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from storage.blocks import KuboBlocks
+from storage.blocks import KuboBlocks, plan_file
 from storage.cache import DAG_SUFFIX, ModelCache
-from storage.cid import Cid
+from storage.cid import Cid, dag_pb_cid, raw_cid
 from storage.daemon import KuboDaemon, free_port
-from storage.errors import CacheFullError, IntegrityError, KuboError, StorageError
+from storage.dagpb import PBLink, encode_node, encode_unixfs_file
+from storage.errors import CacheFullError, DagError, IntegrityError, KuboError, StorageError
 from storage.fetch import PARTIAL_SUFFIX, fetch_file
 from storage.kubo import KuboClient
 from storage.publish import PublishedFile, publish
@@ -219,3 +223,106 @@ async def test_cache_reopened_servesItsFilesAndRefusesUnknownOnes(
     assert reopened.has(f.cid) and f.cid in reopened.blocks.roots()
     with pytest.raises(StorageError, match="fetch it first"):
         reopened.acquire(Cid.parse("bafkreigks6arfsq3xxfpvqrrwonchxcnu6do76auprhhfomao6c273sixm"))
+
+
+class Slow(KuboBlocks):
+    """A real kubo source that takes `delay` seconds per leaf, so a fetch stays in progress."""
+
+    def __init__(self, kubo: KuboClient, delay: float) -> None:
+        super().__init__(kubo)
+        self.delay = delay
+
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
+        async for item in super().leaves(dag, start):
+            await asyncio.sleep(self.delay)
+            yield item
+
+
+async def test_cache_interruptedDownload_isEvictedWhenRoomIsNeeded(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    """A partial file nobody resumes must not hold cache space forever."""
+    x = await _publish_random(kubo_pair, tmp_path / "x", 6 * MIB, seed=40)
+    y = await _publish_random(kubo_pair, tmp_path / "y", 8 * MIB, seed=41)
+    cache = ModelCache(tmp_path / "cache", 10 * MIB)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        with pytest.raises(KuboError, match="simulated"):
+            await cache.fetch(Interrupted(kb, limit=4), x.cid, x.sha256, x.size)
+        assert (tmp_path / "cache" / f"{x.cid}{PARTIAL_SUFFIX}").stat().st_size == 4 * MIB
+        path = await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
+    assert path.read_bytes() == (tmp_path / "y").read_bytes()
+    assert not (tmp_path / "cache" / f"{x.cid}{PARTIAL_SUFFIX}").exists()
+    assert cache.used_bytes() <= cache.max_bytes
+
+
+async def test_cache_concurrentFetches_neverTogetherExceedTheLimit(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    a = await _publish_random(kubo_pair, tmp_path / "a", 6 * MIB, seed=42)
+    b = await _publish_random(kubo_pair, tmp_path / "b", 6 * MIB, seed=43)
+    cache = ModelCache(tmp_path / "cache", 10 * MIB)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        source = Slow(kb, delay=0.01)
+        results = await asyncio.gather(
+            cache.fetch(source, a.cid, a.sha256, a.size),
+            cache.fetch(source, b.cid, b.sha256, b.size),
+            return_exceptions=True,
+        )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], CacheFullError), results
+    assert "being fetched" in str(refused[0])
+    assert len(cache.entries()) == 1 and cache.used_bytes() <= cache.max_bytes
+
+
+async def test_cache_evict_refusesAModelBeingFetched(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    f = await _publish_random(kubo_pair, tmp_path / "m", 4 * MIB, seed=44)
+    cache = ModelCache(tmp_path / "cache", 10 * MIB)
+    partial = tmp_path / "cache" / f"{f.cid}{PARTIAL_SUFFIX}"
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        fetching = asyncio.create_task(cache.fetch(Slow(kb, delay=0.05), f.cid, f.sha256, f.size))
+        while not partial.exists() and not fetching.done():
+            await asyncio.sleep(0.01)
+        with pytest.raises(StorageError, match="being fetched"):
+            cache.evict(f.cid)
+        path = await fetching
+    assert path.read_bytes() == (tmp_path / "m").read_bytes()
+
+
+async def test_fetch_failedBackgroundSync_failsAndExposesNothing(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that loses a writeback (EIO) must fail the fetch, even when later background syncs (one
+    per 32 MiB, so 70 MiB makes two) succeed. The fault is injected into os.fdatasync: a real EIO on
+    writeback cannot be caused here."""
+    published = await _publish_random(kubo_pair, tmp_path / "src.bin", 70 * MIB, seed=45)
+    real_fdatasync = os.fdatasync
+
+    def failing_once(fd: int) -> None:
+        monkeypatch.setattr(os, "fdatasync", real_fdatasync)
+        raise OSError(errno.EIO, "Input/output error (injected)")
+
+    monkeypatch.setattr(os, "fdatasync", failing_once)
+    dest = tmp_path / "model.gguf"
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        with pytest.raises(OSError, match="injected"):
+            await fetch_file(KuboBlocks(kb), published.cid, dest, published.sha256)
+    assert not dest.exists()
+
+
+async def test_plan_leafClaimingMoreThanABlock_isRefusedBeforeAnyRead(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon],
+) -> None:
+    """A hostile root block (valid for its CID) claims a 64 TiB leaf: refused, nothing allocated."""
+    huge = 1 << 46
+    root_block = encode_node([PBLink(raw_cid(b"x" * 1024), huge)], encode_unixfs_file(huge, [huge]))
+    api = kubo_pair[0].api_url
+    put = httpx.post(
+        f"{api}/api/v0/block/put", params={"cid-codec": "dag-pb"}, files={"file": root_block}, timeout=10
+    )
+    root = Cid.parse(put.json()["Key"])
+    assert root == dag_pb_cid(root_block)
+    async with KuboClient(api) as kubo:
+        with pytest.raises(DagError, match="claims 70368744177664 bytes"):
+            await plan_file(KuboBlocks(kubo), root)

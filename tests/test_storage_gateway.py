@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
+import threading
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -231,3 +235,38 @@ async def test_gatewayFetch_wrongSha256_isRefused(
             await fetch_file(source, hashes.cid, tmp_path / "m.gguf", "00" * 32)
     finally:
         await source.aclose()
+
+
+class _HugeErrorPeer(http.server.BaseHTTPRequestHandler):
+    """A hostile peer: answers 404 with a 1 GiB body it streams until the client hangs up."""
+
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", str(1 << 30))
+        self.end_headers()
+        chunk = b"\0" * (1 << 20)
+        with contextlib.suppress(OSError):
+            for _ in range(1 << 10):
+                self.wfile.write(chunk)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+async def test_gatewayFetch_hugeErrorBody_isNotReadIntoMemory() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HugeErrorPeer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    source = GatewayBlocks([f"http://127.0.0.1:{server.server_address[1]}"])
+    tracemalloc.start()
+    try:
+        with pytest.raises(GatewayError, match="HTTP 404"):
+            await source.get_block(raw_cid(b"some block"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        await source.aclose()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert peak < 16 << 20, f"read {peak} bytes of an error answer"
