@@ -49,6 +49,7 @@ def save_deployment(deployment: Deployment, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # public addresses, read by every component (mkstemp makes it 0600)
         with os.fdopen(fd, "w") as out:
             json.dump(deployment.to_dict(), out, indent=2, sort_keys=True)
             out.write("\n")
@@ -71,6 +72,9 @@ def load_deployment(path: Path, w3: Web3 | None = None) -> Deployment:
         ) from exc
     except json.JSONDecodeError as exc:
         raise ChainError(f"deployment file {path} is not valid JSON ({exc}); redeploy or restore it") from exc
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ChainError(f"deployment file {path} holds {kind}, not an object; redeploy or restore it")
     names = {f.name for f in fields(Deployment)}
     missing = sorted(names - set(data))
     if missing:

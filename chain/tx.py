@@ -41,7 +41,7 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 from web3.types import TxData, TxReceipt
 
 from chain.artifacts import load_artifact
-from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, decode_revert
+from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, decode_revert, redact
 
 log = logging.getLogger(__name__)
 
@@ -298,18 +298,26 @@ class TxSender:
         return _Sent({**tx, "nonce": nonce}, tx_hash)
 
     def _send_raw(self, tx: dict[str, Any]) -> str:
-        """Sign and broadcast; if the node did not answer, find out whether it got the transaction."""
+        """Sign and broadcast; if the node did not answer, or refused, find out whether it has this very
+        transaction already. The HTTP provider retries a send whose answer was lost, and the node then
+        answers the retry with "nonce too low", "already known" or "already imported" about our own
+        transaction: taken for a conflict, that would send the call a second time."""
         signed = self.account.sign_transaction(tx)
+        tx_hash = signed.hash.to_0x_hex()
         try:
             return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
+        except Web3RPCError as exc:
+            if self._known(tx_hash):
+                log.info("tx_send_refused_but_known hash=%s error=%r", tx_hash, redact(str(exc)))
+                return tx_hash
+            raise
         except OSError as exc:  # a timeout or dropped connection (requests' errors are OSErrors)
-            tx_hash = signed.hash.to_0x_hex()
-            with contextlib.suppress(OSError):
-                if self._lookup(tx_hash) is not None:
-                    log.info("tx_send_unanswered_but_known hash=%s error=%r", tx_hash, str(exc))
-                    return tx_hash
+            if self._known(tx_hash):
+                log.info("tx_send_unanswered_but_known hash=%s error=%r", tx_hash, redact(str(exc)))
+                return tx_hash
             raise ChainError(
-                f"sending transaction {tx_hash} (nonce {tx['nonce']}) got no answer from the node ({exc}); "
+                f"sending transaction {tx_hash} (nonce {tx['nonce']}) got no answer from the node "
+                f"({redact(str(exc))}); "
                 "it may still be mined: look it up by hash before sending it again"
             ) from exc
 
@@ -412,6 +420,13 @@ class TxSender:
             return self.w3.eth.get_transaction_receipt(tx_hash)
         except TransactionNotFound:
             return None
+
+    def _known(self, tx_hash: str) -> bool:
+        """Whether the node has this transaction (pending or mined); False when it cannot say."""
+        try:
+            return self._lookup(tx_hash) is not None
+        except (OSError, Web3RPCError):
+            return False
 
     def _lookup(self, tx_hash: str) -> TxData | None:
         try:

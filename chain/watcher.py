@@ -39,7 +39,7 @@ from web3.exceptions import (
     Web3RPCError,
 )
 
-from chain.errors import ChainError
+from chain.errors import ChainError, redact
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ class EventWatcher:
         try:
             self._check_chain_id()
         except RETRYABLE_ERRORS as exc:
-            log.warning(_kv("watcher.chain_check_deferred", error=type(exc).__name__, detail=exc))
+            detail = redact(str(exc))
+            log.warning(_kv("watcher.chain_check_deferred", error=type(exc).__name__, detail=detail))
 
     @property
     def last_processed(self) -> int:
@@ -213,7 +214,7 @@ class EventWatcher:
             try:
                 batch = self._read_batch(first, last, target)
             except _ChainMovedError as exc:
-                log.info(_kv("watcher.chain_moved", from_block=first, to_block=last, detail=exc))
+                log.info(_kv("watcher.chain_moved", from_block=first, to_block=last, detail=redact(str(exc))))
                 return
             for event in batch.events:
                 handler(event)
@@ -245,7 +246,7 @@ class EventWatcher:
                     _kv(
                         "watcher.rpc_error",
                         error=type(exc).__name__,
-                        detail=str(exc)[:300],
+                        detail=redact(str(exc))[:300],
                         attempt=failures,
                         retry_in=f"{delay:.2f}",
                     )

@@ -16,7 +16,7 @@ from web3.contract import Contract
 
 from chain.accounts import account_from_args, add_account_arguments
 from chain.deployment import Deployment, contract_at, load_deployment
-from chain.errors import ChainError
+from chain.errors import ChainError, redact
 from chain.tx import TxSender
 from node.config import ConfigError
 from storage.errors import StorageError
@@ -100,7 +100,8 @@ def connect_rpc(rpc_url: str) -> Web3:
         w3.eth.chain_id  # noqa: B018 - a reachability probe
     except Exception as exc:
         raise ChainError(
-            f"cannot reach the RPC at {rpc_url}: start `make devnet` or pass --rpc-url ({exc})"
+            f"cannot reach the RPC at {redact(rpc_url)}: start `make devnet` or pass --rpc-url "
+            f"({redact(str(exc))})"
         ) from exc
     return w3
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from chain.accounts import dev_account
 from chain.artifacts import load_artifact
 from chain.deploy import DeployParams, deploy_all
+from chain.deployment import load_deployment, save_deployment
+from chain.errors import ChainError
 from chain.tx import TxSender
 
 
@@ -42,3 +48,19 @@ def test_deployAll_seedsVaultSoEarlyIncomeHasAnOwner(chain_snapshot) -> None:
     shares = vault.functions.balanceOf(admin.address).call()
     claimable = vault.functions.convertToAssets(shares).call()
     assert seed + income - claimable <= (seed + income) // 10**6  # virtual shares keep at most a millionth
+
+
+def test_saveDeployment_isReadableByOtherUsersAndLoadsBack(chain_snapshot, tmp_path: Path) -> None:
+    d = deploy_all(chain_snapshot, dev_account(0))
+    path = tmp_path / "deployment.json"
+    save_deployment(d, path)
+    assert path.stat().st_mode & 0o777 == 0o644  # the node, router and scripts may run as other users
+    assert load_deployment(path, chain_snapshot) == d
+
+
+@pytest.mark.parametrize("content", ["null", "5", "[]", '"text"'])
+def test_loadDeployment_nonObjectJson_isAClearChainError(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "deployment.json"
+    path.write_text(content)
+    with pytest.raises(ChainError, match="not an object; redeploy or restore it"):
+        load_deployment(path)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import http.server
 import json
 import os
 import subprocess
@@ -10,15 +12,16 @@ import sys
 import threading
 import time
 
+import httpx
 import pytest
 from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
 from chain.accounts import dev_account
-from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout
+from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, redact
 from chain.tx import TxSender
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 ETHER = 10**18
 
@@ -392,3 +395,84 @@ def test_send_fillsNonceGapNobodySent(chain_snapshot, token, monkeypatch) -> Non
     filler = next(tx for block in mined for tx in block["transactions"] if tx["nonce"] == gap)
     assert (filler["from"], filler["to"], filler["value"], filler["input"]) == (owner.address,) * 2 + (0, b"")
     assert token.functions.balanceOf(bob).call() == ETHER
+
+
+class _SlowFirstSend:
+    """A real HTTP relay in front of Anvil that forwards everything but holds back its answer to the
+    first eth_sendRawTransaction past the client's timeout: the node got the transaction, the client
+    never heard so, and web3's provider retries the send."""
+
+    def __init__(self, upstream: str, hold: float) -> None:
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                json_type = {"Content-Type": "application/json"}
+                answer = httpx.post(upstream, content=body, headers=json_type).content
+                if json.loads(body).get("method") == "eth_sendRawTransaction":
+                    relay.sends.append(json.loads(answer))
+                    if len(relay.sends) == 1:
+                        time.sleep(hold)
+                with contextlib.suppress(OSError):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.sends: list[dict] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_send_answerLostAndSendRetried_sendsTheCallOnce(chain_snapshot: Web3, tmp_path) -> None:
+    """The retry is answered "nonce too low" about our own transaction: it must not count as a
+    conflict that sends the transfer a second time."""
+    anvil_url = chain_snapshot.provider.endpoint_uri
+    relay = _SlowFirstSend(anvil_url, hold=2.0)
+    try:
+        w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 1}))  # default retries
+        sender = TxSender(w3, dev_account(0), nonce_lock_dir=tmp_path)
+        recipient = Account.create().address
+        before = chain_snapshot.eth.get_transaction_count(sender.address)
+        sender.send_value(recipient, ETHER)
+    finally:
+        relay.close()
+    assert len(relay.sends) >= 2, "the provider did not retry: the fault was not reproduced"
+    assert "error" in relay.sends[1]  # the node's answer to the retry
+    assert chain_snapshot.eth.get_balance(recipient) == ETHER
+    assert chain_snapshot.eth.get_transaction_count(sender.address) == before + 1
+
+
+def test_redact_keepsHostAndCutsKeysFromUrls() -> None:
+    requests_error = (
+        "HTTPSConnectionPool(host='rpc.example.org', port=443): Max retries exceeded with url: "
+        "/v3/SECRET_KEY (Caused by NewConnectionError)"
+    )
+    assert "SECRET_KEY" not in redact(requests_error) and "rpc.example.org" in redact(requests_error)
+    text = redact("cannot reach https://user:pw@rpc.example.org:8545/v3/KEY?token=abc now")
+    assert text == "cannot reach https://rpc.example.org:8545/… now"
+    assert redact("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+
+
+def test_send_nodeUnreachable_errorDoesNotLeakTheUrlsKey(tmp_path) -> None:
+    port = free_port()
+    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}/v3/SECRET_KEY", exception_retry_configuration=None))
+    sender = TxSender(w3, dev_account(0), nonce_lock_dir=tmp_path)
+    sender._chain_id = 31337  # skip the chain id call, so the failure happens in the send itself
+    with pytest.raises(ChainError) as info:
+        transfer = {"to": sender.address, "value": 0, "gas": 21000, "gasPrice": 1, "nonce": 0}
+        sender._send_raw({**transfer, "chainId": 31337})
+    assert "SECRET_KEY" not in str(info.value)

@@ -589,3 +589,16 @@ def test_poll_chainRevertedBelowTheLastProcessedBlockRewinds(devnet: Devnet, tmp
     assert devnet.w3.eth.block_number < watcher.last_processed
     assert minted(watcher.poll()) == [2]
     assert forks == [base]
+
+
+def test_watcher_rpcDown_logsNoApiKeyOfTheUrl(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Hosted RPC URLs carry API keys in their path; the watcher's warnings must not repeat them."""
+    url = f"http://127.0.0.1:{free_port()}/v3/SECRET_KEY"
+    w3 = Web3(Web3.HTTPProvider(url, exception_retry_configuration=None))
+    token = w3.eth.contract(address="0x" + "11" * 20, abi=load_artifact("NetworkToken").abi)
+    with caplog.at_level(logging.INFO, logger="chain.watcher"):
+        watcher = EventWatcher(w3, {"NetworkToken": token}, tmp_path / "state.json")
+        with pytest.raises(RETRYABLE_ERRORS):
+            watcher.poll()
+    assert "chain_check_deferred" in caplog.text
+    assert "SECRET_KEY" not in caplog.text
