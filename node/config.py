@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,20 @@ GPU_VRAM_GB = {
     "a100": 80,
     "h100": 80,
 }
+
+
+def check_endpoint(value: str) -> str:
+    """An http(s) URL with a host (and a valid port), without a trailing slash; ValueError otherwise."""
+    parts = urlsplit(value.strip())
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError(
+            f"endpoint {value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8080"
+        )
+    return value.strip().rstrip("/")
 
 
 class ConfigError(Exception):
@@ -113,9 +128,7 @@ class NodeConfig(BaseSettings):
     @field_validator("endpoint")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
-            raise ValueError("endpoint must be an http:// or https:// URL, e.g. http://203.0.113.7:8080")
-        return value.rstrip("/")
+        return check_endpoint(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> NodeConfig:

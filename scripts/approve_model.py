@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import connect, parser, run
+from scripts.common import UsageError, connect, parser, run
 
 STATUS = ("none", "proposed", "approved", "deprecated")
 
@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     session = connect(args)
+    count = session.models.functions.modelCount().call()
+    if not 1 <= args.model_id <= count:
+        raise UsageError(f"no model {args.model_id}: model ids run from 1 to {count} (status.py lists them)")
     model = session.models.functions.getModel(args.model_id).call()
     name, status = model[0], STATUS[model[9]]
     if status == "approved":

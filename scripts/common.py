@@ -24,6 +24,7 @@ from storage.errors import StorageError
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_DEPLOYMENT = Path(".devnet/deployment.json")
 DECIMALS = 18
+MAX_DIGITS = 80  # digits before the point: past any uint256, so huge exponents are refused cheaply
 
 
 class UsageError(Exception):
@@ -118,15 +119,30 @@ def connect(args: argparse.Namespace, *, need_account: bool = True) -> Session:
 def parse_amount(text: str, what: str = "amount") -> int:
     """'1000' or '0.5' MESH -> base units (18 decimals). Refuses negatives and sub-wei precision."""
     try:
-        value = Decimal(text)
+        value = Decimal(text.strip())
     except InvalidOperation as exc:
         raise UsageError(f"{what} {text!r} is not a number; write MESH like 1000 or 0.25") from exc
     if not value.is_finite() or value <= 0:
         raise UsageError(f"{what} must be a positive number of MESH, got {text}")
-    units = value * (10**DECIMALS)
-    if units != units.to_integral_value():
+    # In integers: Decimal arithmetic rounds to 28 digits, which would turn 99999999999.999999999999999999
+    # into 100000000000 before any check could see it.
+    _, digits, exponent = value.as_tuple()
+    if len(digits) + exponent > MAX_DIGITS:
+        raise UsageError(f"{what} {text} is larger than any token amount")
+    mantissa, shift = int("".join(map(str, digits))), int(exponent) + DECIMALS
+    if shift < 0 and mantissa % 10**-shift:
         raise UsageError(f"{what} {text} has more than {DECIMALS} decimals")
-    return int(units)
+    units = mantissa * 10**shift if shift >= 0 else mantissa // 10**-shift
+    if units >= 2**256:
+        raise UsageError(f"{what} {text} is larger than any token amount")
+    return units
+
+
+def parse_address(w3: Web3, text: str, what: str) -> str:
+    """A checksummed address, or a UsageError saying what to pass."""
+    if not Web3.is_address(text):
+        raise UsageError(f"{what} {text!r} is not an address; pass 0x followed by 40 hex digits")
+    return w3.to_checksum_address(text)
 
 
 def fmt(amount: int) -> str:

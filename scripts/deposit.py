@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+from scripts.common import UsageError, connect, fmt, parse_address, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,12 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     amount = parse_amount(args.amount)
     session = connect(args)
+    payer = parse_address(session.w3, args.beneficiary, "--for") if args.beneficiary else session.address
+    if int(payer, 16) == 0:
+        raise UsageError("--for is the zero address; pass the payer whose escrow to fund")
     balance = session.token.functions.balanceOf(session.address).call()
     if balance < amount:
         raise UsageError(
             f"insufficient balance: depositing {fmt(amount)} needs it, the account holds {fmt(balance)}"
         )
-    payer = session.w3.to_checksum_address(args.beneficiary) if args.beneficiary else session.address
     session.send(session.token.functions.approve(session.settlement.address, amount))
     if payer == session.address:
         session.send(session.settlement.functions.deposit(amount))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from decimal import Decimal, InvalidOperation
 
 from web3 import Web3
 
-from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+from scripts.common import UsageError, connect, fmt, parse_address, parse_amount, parser, run
 
 DEFAULT_GAS_FUNDS = "1"  # ether: thousands of transactions on Anvil's 1-gwei-ish fees
 
@@ -28,22 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not Web3.is_address(args.to):
-        raise UsageError(f"--to {args.to!r} is not an address; pass 0x followed by 40 hex digits")
     amount = parse_amount(args.amount)
-    gas_target = 0 if args.gas_funds == "0" else parse_amount(args.gas_funds, "--gas-funds")
+    gas_target = _gas_target(args.gas_funds)
     session = connect(args)
-    to = Web3.to_checksum_address(args.to)
+    to = parse_address(session.w3, args.to, "--to")
     owner = session.token.functions.owner().call()
     if owner != session.address:
         raise UsageError(
             f"{session.address} cannot mint: the token owner is {owner} (on make devnet: --dev-account 0)"
         )
+    missing_gas = max(0, gas_target - session.w3.eth.get_balance(to))
+    if missing_gas > session.w3.eth.get_balance(session.address):  # refuse before minting anything
+        asked = Web3.from_wei(missing_gas, "ether")
+        raise UsageError(f"{session.address} holds less than the {asked} ether asked for gas")
     session.send(session.token.functions.mint(to, amount))
     topped = _top_up_gas(session, to, gas_target)
     balance = session.token.functions.balanceOf(to).call()
     print(f"minted {fmt(amount)} to {to}; it holds {fmt(balance)}" + (f", sent {topped}" if topped else ""))
     return 0
+
+
+def _gas_target(text: str) -> int:
+    """--gas-funds in wei: ether like 1 or 0.5, and 0 for none."""
+    try:
+        if Decimal(text) == 0:
+            return 0
+    except InvalidOperation:
+        pass  # parse_amount says what is wrong
+    return parse_amount(text, "--gas-funds (ether)")
 
 
 def _top_up_gas(session, to: str, target: int) -> str:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from node.config import HostedModel, build_config, load_config, save_config
+from node.config import build_config, load_config, save_config
 from scripts.common import UsageError, connect, latest_approved, parser, run
 
 
@@ -33,19 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     node = session.nodes.functions.getNode(session.address).call()
     if not node[8]:
         raise UsageError("this account has no registered node: run register_node.py first")
+    entry = {"name": args.model, "model_id": model_id, "gpu_layers": args.gpu_layers}
+    entry |= {"n_ctx": args.n_ctx, "threads": args.threads}
+    models = [m.model_dump() for m in config.models if m.name != args.model] + [entry]
+    updated = build_config(**{**config.model_dump(), "models": models})  # refuses before anything is sent
     hosted = list(node[3])
     if model_id not in hosted:
         session.send(session.nodes.functions.setHostedModels([*hosted, model_id]))
         print(f"on chain: now hosting {args.model} (model {model_id})")
     else:
         print(f"on chain: already hosting {args.model} (model {model_id})")
-    entry = HostedModel(
-        name=args.model, model_id=model_id, gpu_layers=args.gpu_layers, n_ctx=args.n_ctx, threads=args.threads
-    )
-    models = [m for m in config.models if m.name != args.model] + [entry]
-    save_config(
-        build_config(**{**config.model_dump(), "models": [m.model_dump() for m in models]}), args.config
-    )
+    save_config(updated, args.config)
     print(f"config: {args.config} serves {args.model} with gpu_layers={args.gpu_layers} n_ctx={args.n_ctx}")
     return 0
 

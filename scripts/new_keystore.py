@@ -30,14 +30,27 @@ def password(args: argparse.Namespace) -> str:
     return first
 
 
+def read_key_file(path: Path) -> bytes:
+    """A 32-byte private key written as hex in `path`, or a UsageError saying what is wrong."""
+    try:
+        text = path.read_text().strip().removeprefix("0x")
+    except OSError as exc:
+        raise UsageError(f"cannot read the key file {path}: {exc.strerror}") from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(f"{path} must hold a private key as 64 hex digits") from None
+    if len(key) != 32:
+        raise UsageError(f"{path} holds {len(key)} bytes; a private key is 32 (64 hex digits)")
+    return key
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     secret = password(args)
     if len(secret) < 8:
         raise UsageError("use a password of at least 8 characters")
-    key = None
-    if args.import_key_file:
-        key = bytes.fromhex(args.import_key_file.read_text().strip().removeprefix("0x"))
+    key = read_key_file(args.import_key_file) if args.import_key_file else None
     address = create_keystore(args.path, secret, key)
     print(f"{address} -> {args.path}")
     return 0

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
 from storage import KuboClient, ProgressBar
+from storage.cid import Cid
+from storage.errors import CidError
 from storage.publish import PublishedFile, publish
 
 SHA256 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -54,7 +56,11 @@ def file_facts(args: argparse.Namespace) -> PublishedFile:
         raise UsageError("give the .gguf PATH to publish, or --cid, --sha256 and --size of a published file")
     if not SHA256.match(args.sha256):
         raise UsageError(f"--sha256 must be 64 hex characters, got {args.sha256!r}")
-    return PublishedFile(args.cid, args.sha256.removeprefix("0x").lower(), args.size)
+    try:  # a version can never be changed once proposed: refuse what is not a CID
+        cid = Cid.parse(args.cid)
+    except CidError as exc:
+        raise UsageError(f"--cid {args.cid!r} is not an IPFS CID: {exc}") from None
+    return PublishedFile(cid, args.sha256.removeprefix("0x").lower(), args.size)
 
 
 async def _publish(kubo_api: str, path: Path) -> PublishedFile:
@@ -65,8 +71,8 @@ async def _publish(kubo_api: str, path: Path) -> PublishedFile:
 
 
 def spec_from_args(args: argparse.Namespace, facts: PublishedFile) -> tuple:
-    if facts.size <= 0 or args.context <= 0:
-        raise UsageError("the file size and --context must be positive")
+    if not 0 < facts.size < 2**64 or not 0 < args.context < 2**32:
+        raise UsageError("the file size must be 1 to 2^64-1 bytes and --context 1 to 2^32-1 tokens")
     specialties = [s.strip() for s in args.specialties.split(",") if s.strip()]
     price = parse_amount(args.price_per_1k, "--price-per-1k")
     digest = bytes.fromhex(facts.sha256)

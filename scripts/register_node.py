@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from node.config import load_config
+from web3 import Web3
+
+from node.config import check_endpoint, load_config
 from scripts.common import Session, UsageError, connect, fmt, parse_amount, parser, run
 
 STATUS_FIELDS = (
@@ -41,8 +43,33 @@ def resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     endpoint = args.endpoint or (config.endpoint if config else None)
     if not node_id or not endpoint:
         raise UsageError("pass --node-id and --endpoint, or create a node config with configure_node.py")
+    try:
+        endpoint = check_endpoint(endpoint)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     hardware = config.hardware.profile() if config else '{"gpu":"unknown"}'
     return node_id, endpoint, hardware
+
+
+def preflight(session: Session, node_id: str, endpoint: str, hardware: str) -> None:
+    """Refuse, before any token moves, what registering would refuse after staking: a node id owned by
+    another operator, fields too long, a changed node id, and unbonding stake that should come back."""
+    node = session.nodes.functions.getNode(session.address).call()
+    if node[8] and node[0] != node_id:
+        raise UsageError(f"this account's node is registered as {node[0]!r}, not {node_id!r}; keep its id")
+    limits = (("node id", node_id, "MAX_NODE_ID_BYTES"), ("endpoint", endpoint, "MAX_ENDPOINT_BYTES"))
+    for what, value, limit in (*limits, ("hardware profile", hardware, "MAX_HARDWARE_BYTES")):
+        most = getattr(session.nodes.functions, limit)().call()
+        if not 0 < len(value.encode()) <= most:
+            raise UsageError(f"the {what} must be 1 to {most} bytes, got {len(value.encode())}")
+    owner = session.nodes.functions.nodeIdOwner(Web3.keccak(text=node_id)).call()
+    if int(owner, 16) not in (0, int(session.address, 16)):
+        raise UsageError(f"node id {node_id!r} belongs to {owner}; choose another --node-id")
+    if node[5]:
+        raise UsageError(
+            f"{fmt(node[5])} of this account's stake is unbonding: put it back with unbond.py --cancel "
+            "before staking more"
+        )
 
 
 def ensure_stake(session: Session, target: int) -> None:
@@ -88,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     minimum = session.nodes.functions.minStake().call()
     if target < minimum:
         raise UsageError(f"--stake {fmt(target)} is below the minimum stake of {fmt(minimum)}")
+    preflight(session, node_id, endpoint, hardware)
     ensure_stake(session, target)
     ensure_registered(session, node_id, endpoint, hardware)
     show(session)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import Session, connect, fmt, parser, run
+from scripts.common import Session, connect, fmt, parse_address, parser, run
 
 STATUS = ("none", "proposed", "approved", "deprecated")
 
@@ -73,7 +73,7 @@ def escrows(session: Session, extra: list[str]) -> None:
     rows = []
     for payer in payers:
         balance, unlocking, ready = session.settlement.functions.escrowOf(
-            session.w3.to_checksum_address(payer)
+            parse_address(session.w3, payer, "--payer")
         ).call()
         rows.append((payer, fmt(balance), fmt(unlocking), ready or "-"))
     table("escrow", ("payer", "balance", "unlocking", "ready at"), rows)

@@ -15,10 +15,26 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chain.accounts import ANVIL_DEV_KEYS
+from chain.accounts import ANVIL_DEV_KEYS, dev_account
+from chain.artifacts import load_artifact
 from tests.conftest import ROOT, free_port
 
+ANVIL_ADDRESS_9 = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 GEMMA_SHA = "a5fd3b62" + "00" * 28  # shape only: the registry stores what the publisher declares
+# Any valid CID: publish_model refuses what is not one.
+GEMMA_CID = "bafkreianjy5ovfqupusqg2wtofnnbktvhfe6vzwy4wf2xijfareegjqdiq"
+PUBLISH_ARGS = [
+    "--dev-account",
+    "2",
+    "--name",
+    "m",
+    "--sha256",
+    GEMMA_SHA,
+    "--size",
+    "9",
+    "--price-per-1k",
+    "1",
+]
 
 
 class Devnet:
@@ -187,7 +203,7 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
             "--name",
             "gemma-3-270m",
             "--cid",
-            "bafkreigemmatestcid",
+            GEMMA_CID,
             "--sha256",
             GEMMA_SHA,
             "--size",
@@ -203,6 +219,10 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
     assert "proposed gemma-3-270m v1 as model 1" in publish
     fails(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m"), "none is approved yet")
     ok(script(devnet, "approve_model", "--dev-account", "0", "--model-id", "1"))
+    # A config the node would refuse is refused before the chain hears of it.
+    fails(
+        script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "10"), "n_ctx"
+    )
     out = ok(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "8192"))
     assert "now hosting gemma-3-270m (model 1)" in out
     saved = json.loads(operator_files["config"].read_text())
@@ -227,8 +247,10 @@ def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
     w3 = Web3(Web3.HTTPProvider(devnet.env["LLM_MESH_RPC_URL"]))
     w3.provider.make_request("evm_increaseTime", [24 * 3600])
     w3.provider.make_request("evm_mine", [])
-    out = ok(script(devnet, "withdraw", *user))
+    result = script(devnet, "withdraw", *user)
+    out = ok(result)
     assert "withdrew 100 MESH" in out and "escrow now 150 MESH" in out
+    assert "Warning" not in result.stderr, result.stderr  # the token's Transfer log is not an error
     status = ok(script(devnet, "status"))
     assert "150 MESH" in status
 
@@ -247,11 +269,47 @@ def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
         ("configure_node", ["--gpu-specs", "gtx9999", "--ram", "64", "--storage", "100"], "unknown GPU"),
         ("configure_node", ["--ram", "0", "--storage", "100"], "ram_gb"),
         ("withdraw_stake", ["--dev-account", "6"], "nothing is unbonding"),
+        ("deposit", ["--dev-account", "5", "--amount", "1000.000000000000000000000000000001"], "18 decimals"),
+        ("faucet", ["--dev-account", "0", "--to", ANVIL_ADDRESS_9, "--amount", "1e80"], "larger than any"),
+        (
+            "faucet",
+            ["--dev-account", "0", "--to", ANVIL_ADDRESS_9, "--amount", "1", "--gas-funds", "1e60"],
+            "ether",
+        ),
+        ("approve_model", ["--dev-account", "0", "--model-id", "0"], "no model 0"),
+        ("approve_model", ["--dev-account", "0", "--model-id", "-1"], "no model -1"),
+        ("deposit", ["--dev-account", "5", "--amount", "1", "--for", "0xnotanaddress"], "not an address"),
+        ("deposit", ["--dev-account", "5", "--amount", "1", "--for", "0x" + "00" * 20], "zero address"),
+        ("status", ["--payer", "0xbad"], "not an address"),
+        (
+            "publish_model",
+            [*PUBLISH_ARGS, "--cid", "not-a-cid", "--context", "2048"],
+            "is not an IPFS CID",
+        ),
+        (
+            "publish_model",
+            [*PUBLISH_ARGS, "--cid", GEMMA_CID, "--context", "5000000000"],
+            "--context 1 to 2^32-1",
+        ),
+        (
+            "register_node",
+            ["--dev-account", "4", "--node-id", "n4", "--endpoint", "not a url", "--stake", "2000"],
+            "must be an http:// or https:// URL with a host",
+        ),
+        ("configure_node", ["--ram", "64", "--storage", "100", "--endpoint", "http:///"], "with a host"),
+        (
+            "new_keystore",
+            [str(Path("/nonexistent/k.json")), "--import-key-file", "/nonexistent/key"],
+            "cannot read",
+        ),
     ],
 )
 def test_badInput_oneClearLineAndNonZeroExit(devnet: Devnet, tmp_path: Path, name, args, message) -> None:
     if name in ("host_model", "configure_node"):
         args = [*args, "--config", str(tmp_path / "node.json")]
+    if name == "new_keystore":
+        (tmp_path / "pw").write_text("long-enough-password\n")
+        args = [*args, "--password-file", str(tmp_path / "pw")]
     if name == "host_model":
         ok(
             script(
@@ -397,3 +455,48 @@ def test_devnet_stopSignals_stopAnvilAndKuboToo(tmp_path: Path, signals: list[in
     assert net.proc.wait(timeout=60) == 0
     net.proc.stdout.close()
     assert not _answers(anvil_url) and not _answers(kubo_url)
+
+
+def test_parseAmount_isExactForEveryDigit() -> None:
+    from scripts.common import UsageError, parse_amount
+
+    assert parse_amount("99999999999.999999999999999999") == 99999999999999999999999999999  # not rounded up
+    assert parse_amount("0.000000000000000001") == 1 and parse_amount("2e3") == 2000 * 10**18
+    assert parse_amount("1.500000000000000000000") == 15 * 10**17  # trailing zeros are not decimals
+    for bad in ("1000.000000000000000000000000000001", "1e80", "1e999999999", "0", "-1", "nan", "1,5"):
+        with pytest.raises(UsageError):
+            parse_amount(bad)
+
+
+def test_registerNode_refusesBeforeStakingWhatRegisteringWouldRefuse(devnet: Devnet) -> None:
+    """A taken node id, or stake that is unbonding, must be refused before any token moves."""
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(devnet.env["LLM_MESH_RPC_URL"]))
+    deployment = json.loads((devnet.state_dir / "deployment.json").read_text())
+    nodes = w3.eth.contract(address=deployment["node_registry"], abi=load_artifact("NodeRegistry").abi)
+    endpoint = ["--endpoint", "http://127.0.0.1:18090"]
+    ok(
+        script(
+            devnet,
+            "register_node",
+            "--dev-account",
+            "7",
+            "--node-id",
+            "taken-id",
+            *endpoint,
+            "--stake",
+            "1500",
+        )
+    )
+    eight = dev_account(8).address
+    before = nodes.functions.getNode(eight).call()[4]
+    taken = ["--dev-account", "8", "--node-id", "taken-id", *endpoint, "--stake", "1500"]
+    fails(script(devnet, "register_node", *taken), "belongs to")
+    assert nodes.functions.getNode(eight).call()[4] == before  # nothing staked
+
+    ok(script(devnet, "unbond", "--dev-account", "7", "--amount", "400"))
+    again = ["--dev-account", "7", "--node-id", "taken-id", *endpoint, "--stake", "1500"]
+    fails(script(devnet, "register_node", *again), "unbond.py --cancel")
+    ok(script(devnet, "unbond", "--dev-account", "7", "--cancel"))
+    assert "staked" not in ok(script(devnet, "register_node", *again))  # back at 1,500: nothing to add
