@@ -44,7 +44,7 @@ def check_endpoint(value: str) -> str:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError(
-            f"endpoint {value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8080"
+            f"{value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8080"
         )
     return value.strip().rstrip("/")
 
@@ -62,6 +62,12 @@ class Hardware(BaseModel):
     ram_gb: int = Field(..., ge=1, le=65536)
     storage_gb: int = Field(..., ge=1, le=10_000_000)
     bandwidth_mbps: int = Field(100, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _gpu_has_memory(self) -> Hardware:
+        if (self.gpu == "none") != (self.vram_gb == 0):
+            raise ValueError(f"gpu {self.gpu!r} with vram_gb {self.vram_gb}: a GPU has memory, none has none")
+        return self
 
     @field_validator("gpu")
     @classmethod
@@ -102,6 +108,11 @@ class ChainSettings(BaseModel):
     deployment: Path = Path(".devnet/deployment.json")
     keystore: Path | None = None
     password_file: Path | None = None
+
+    @field_validator("rpc_url")
+    @classmethod
+    def _rpc_url(cls, value: str) -> str:
+        return check_endpoint(value)
 
 
 class NodeConfig(BaseSettings):

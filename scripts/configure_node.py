@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from node.config import GPU_VRAM_GB, ChainSettings, build_config, load_config, save_config
+from node.config import GPU_VRAM_GB, ConfigError, NodeConfig, build_config, load_config, save_config
 from scripts.common import DEFAULT_DEPLOYMENT, DEFAULT_RPC, run
 
 
@@ -39,9 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _previous(path: Path) -> NodeConfig | None:
+    """The existing config to keep node id, endpoint and models from; an invalid one is replaced."""
+    if not path.exists():
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"warning: replacing {path}, which no longer validates: {exc}", file=sys.stderr)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = load_config(args.config) if args.config.exists() else None
+    previous = _previous(args.config)
     gpu = args.gpu_specs.lower().replace(" ", "").replace("-", "")
     hardware = {
         "gpu": gpu,
@@ -51,18 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         "storage_gb": args.storage,
         "bandwidth_mbps": args.bandwidth,
     }
-    chain = ChainSettings(
-        rpc_url=args.rpc_url,
-        deployment=args.deployment,
-        keystore=args.keystore,
-        password_file=args.password_file,
-    )
+    chain = {
+        "rpc_url": args.rpc_url,
+        "deployment": args.deployment,
+        "keystore": args.keystore,
+        "password_file": args.password_file,
+    }
     config = build_config(
         node_id=args.node_id or (previous.node_id if previous else os.uname().nodename.split(".")[0]),
         endpoint=args.endpoint or (previous.endpoint if previous else "http://127.0.0.1:8080"),
         hardware=hardware,
         models=[m.model_dump() for m in previous.models] if previous else [],
-        chain=chain.model_dump(),
+        chain=chain,
         cache_limit_gb=min(100.0, float(args.storage)),
     )
     for shortfall in config.hardware.below_minimum():

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     session = connect(args)
     settlement = session.settlement.functions
-    if args.request:
+    if args.request is not None:
         amount = parse_amount(args.request, "--request")
         balance = settlement.escrowOf(session.address).call()[0]
         if amount > balance:

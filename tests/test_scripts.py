@@ -297,6 +297,13 @@ def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
             "must be an http:// or https:// URL with a host",
         ),
         ("configure_node", ["--ram", "64", "--storage", "100", "--endpoint", "http:///"], "with a host"),
+        ("configure_node", ["--ram", "64", "--storage", "100", "--rpc-url", "notaurl"], "chain.rpc_url"),
+        (
+            "configure_node",
+            ["--ram", "64", "--storage", "9", "--gpu-specs", "rtx4090", "--vram", "0"],
+            "has memory",
+        ),
+        ("withdraw", ["--dev-account", "5", "--request", ""], "is not a number"),
         (
             "new_keystore",
             [str(Path("/nonexistent/k.json")), "--import-key-file", "/nonexistent/key"],
@@ -500,3 +507,11 @@ def test_registerNode_refusesBeforeStakingWhatRegisteringWouldRefuse(devnet: Dev
     fails(script(devnet, "register_node", *again), "unbond.py --cancel")
     ok(script(devnet, "unbond", "--dev-account", "7", "--cancel"))
     assert "staked" not in ok(script(devnet, "register_node", *again))  # back at 1,500: nothing to add
+
+
+def test_configureNode_replacesAConfigThatNoLongerValidates(devnet: Devnet, tmp_path: Path) -> None:
+    config = tmp_path / "node.json"
+    config.write_text('{"node_id": "old", "endpoint": "http:", "hardware": {"cpu_cores": 2}}')
+    result = script(devnet, "configure_node", "--config", str(config), "--ram", "64", "--storage", "100")
+    assert "wrote" in ok(result) and "no longer validates" in result.stderr
+    assert json.loads(config.read_text())["endpoint"] == "http://127.0.0.1:8080"
