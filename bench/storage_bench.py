@@ -175,16 +175,18 @@ async def _apeak(work: Awaitable[object]) -> float:
         tracemalloc.stop()
 
 
-async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
-    """Fetch+verify from kubo (warm and over bitswap) and from a gateway, and a copy, in `work`."""
+async def bench_fetch(
+    path: Path, half: Path, work: Path, rounds: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Fetch+verify from kubo (warm and over bitswap) and from a gateway, and a copy, in `work`; and
+    the peak memory of a warm fetch of `path` and of `half`."""
     out: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     copy_times = []
     with KuboDaemon(work / "kubo-a") as a, KuboDaemon(work / "kubo-b") as b:
         httpx.post(f"{b.api_url}/api/v0/swarm/connect", params={"arg": a.swarm_address}, timeout=30)
         async with KuboClient(a.api_url) as ka, KuboClient(b.api_url) as kb:
             published = await publish(ka, path)
-            hashes = hash_file(path, keep_dag=True)
-            assert hashes.dag is not None
 
             async def fetch(source: KuboBlocks | GatewayBlocks, name: str) -> None:
                 dest = work / name
@@ -198,13 +200,11 @@ async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
                 copy_times.append(timed(lambda: copy_with_fsync(path, work / "copy")))
                 warm.append(await _atimed(lambda: fetch(KuboBlocks(ka), "warm")))
             out["kubo, blocks local (warm)"] = min(warm)
-            small = half_of(path, work)
-            small_published = await publish(ka, small)
-            for name, what in (("fetch", published), ("fetch, a half", small_published)):
+            half_published = await publish(ka, half)
+            for name, what in (("fetch", published), ("fetch, a half", half_published)):
                 dest = work / "memory"
                 dest.unlink(missing_ok=True)
-                fetch_one = fetch_file(KuboBlocks(ka), what.cid, dest, what.sha256, what.size)
-                out[f"memory: {name}"] = await _apeak(fetch_one)
+                peaks[name] = await _apeak(fetch_file(KuboBlocks(ka), what.cid, dest, what.sha256, what.size))
             with _PeerGateway(path) as url:
                 source = GatewayBlocks([url], parallel=4)
                 gw = []
@@ -214,7 +214,7 @@ async def bench_fetch(path: Path, work: Path, rounds: int) -> dict[str, float]:
                 await source.aclose()
             out["trustless gateway (no kubo)"] = min(gw)
     out["copy"] = min(copy_times)
-    return out
+    return out, peaks
 
 
 def report_memory(m: dict[str, float]) -> None:
@@ -270,10 +270,10 @@ def main() -> int:
         work = Path(tmp)
         local = work / path.name
         shutil.copyfile(path, local)  # the measured file lives on the measured disk
+        half = half_of(local, work)
         v = bench_verify(local, args.rounds)
-        f = asyncio.run(bench_fetch(local, work, args.rounds))
-        m = {**bench_memory(local, half_of(local, work)), **f}
-        m["fetch"], m["fetch, a half"] = f.pop("memory: fetch"), f.pop("memory: fetch, a half")
+        f, fetch_peaks = asyncio.run(bench_fetch(local, half, work, args.rounds))
+        m = {**bench_memory(local, half), **fetch_peaks}
     report(mb, v, f)
     report_memory(m)
     return 0

@@ -306,15 +306,13 @@ class TxSender:
         tx_hash = signed.hash.to_0x_hex()
         try:
             return self.w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
-        except Web3RPCError as exc:
+        # A refusal, or a timeout or dropped connection (requests' errors are OSErrors).
+        except (Web3RPCError, OSError) as exc:
             if self._known(tx_hash):
-                log.info("tx_send_refused_but_known hash=%s error=%r", tx_hash, redact(str(exc)))
+                log.info("tx_send_failed_but_known hash=%s error=%r", tx_hash, redact(str(exc)))
                 return tx_hash
-            raise
-        except OSError as exc:  # a timeout or dropped connection (requests' errors are OSErrors)
-            if self._known(tx_hash):
-                log.info("tx_send_unanswered_but_known hash=%s error=%r", tx_hash, redact(str(exc)))
-                return tx_hash
+            if isinstance(exc, Web3RPCError):
+                raise  # the caller tells a nonce conflict from a refusal
             raise ChainError(
                 f"sending transaction {tx_hash} (nonce {tx['nonce']}) got no answer from the node "
                 f"({redact(str(exc))}); "

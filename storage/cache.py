@@ -242,8 +242,7 @@ class ModelCache:
                 return self.path(cid)
 
             def room(dag: FileDag) -> None:
-                # Our own partial file is not counted once reserved: the reservation is the whole file.
-                self._reserved.pop(cid, None)
+                # Reserved at 0, our partial file counts as what it holds; the rest must fit.
                 partial = self.root / f"{cid}{PARTIAL_SUFFIX}"
                 have = partial.stat().st_size if partial.exists() else 0
                 self.make_room(max(dag.size, 0) - have, keep=cid)
