@@ -23,7 +23,8 @@ class DeployParams:
     unbonding_period: int = 7 * 24 * 3600
     unlock_delay: int = 24 * 3600
     # Income reaching the vault while it has no shares would belong to its virtual shares forever,
-    # so the deployer seeds it with a real deposit whose shares stay with the admin.
+    # so the deployer seeds it with a real deposit whose shares the vault itself holds: nobody can
+    # redeem them, so the vault is never empty again.
     vault_seed: int = 1 * ETHER
     developers: str | None = None
     infrastructure: str | None = None
@@ -36,10 +37,10 @@ def deploy_contract(w3: Web3, account: LocalAccount, name: str, *args: Any) -> C
 
 
 def _seed_vault(sender: TxSender, token: Contract, vault: Contract, amount: int) -> None:
-    owner = sender.address
-    sender.send(token.functions.mint(owner, amount))
+    sender.send(token.functions.mint(sender.address, amount))
     sender.send(token.functions.approve(vault.address, amount))
-    sender.send(vault.functions.deposit(amount, owner))
+    # The vault never calls redeem or approve for itself, so shares it holds stay forever.
+    sender.send(vault.functions.deposit(amount, vault.address))
 
 
 def deploy_all(w3: Web3, admin: LocalAccount, params: DeployParams | None = None) -> Deployment:
@@ -60,9 +61,9 @@ def deploy_all(w3: Web3, admin: LocalAccount, params: DeployParams | None = None
         params.min_stake,
         params.unbonding_period,
     )
+    # The vault's 20% goes to the registry's slash recipient, fixed at deployment.
     treasury = (
         params.developers or owner,
-        vault.address,
         params.infrastructure or owner,
         params.research or owner,
     )

@@ -83,7 +83,8 @@ PANIC_CODES: dict[int, str] = {
 HINTS: dict[str, str] = {
     # Settlement (users and nodes)
     "InsufficientEscrow": "the payer's escrow cannot cover this payment; top it up with deposit.py",
-    "UnlockNotReady": "the escrow unlock delay has not passed; withdraw again after readyAt",
+    "UnlockNotReady": "the escrow unlock delay has not passed; withdraw again after readyAt "
+    "(and before the window closes)",
     "NoUnlockPending": "request an unlock first (Settlement.requestUnlock), then withdraw after the delay",
     "NothingToWithdraw": "this account has no earnings yet; earnings arrive when receipts are settled",
     "ReceiptExpired": "the receipt expired before settlement; get a fresh receipt signed by the payer",
@@ -93,7 +94,13 @@ HINTS: dict[str, str] = {
     "StaleReceipt": "this receipt pays nothing new (alreadyPaid >= cumulativeAmount); drop it",
     "InconsistentTokens": "the receipt's token count is below what was already settled; drop it",
     "AmountOutOfRange": "the receipt amount is too large to settle; check the price and token count",
-    "UnknownNode": "the node never registered; register it first with register_node.py",
+    "NodeNotPayable": "the node cannot be paid: it never registered, left more than one unbonding "
+    "period ago, or has no stake left; register and stake with register_node.py",
+    "ModelNotBillable": "the receipt's model was never approved by a curator; bill an approved model",
+    "ReputationOverflow": "the node's reputation counters are full; this receipt cannot be credited",
+    "UnlockLapsed": "the unlock was not withdrawn within its window after readyAt; request a new "
+    "unlock (withdraw.py --request) and withdraw after the delay",
+    "InvalidRequestSignature": "the request signature is malformed or malleable; sign the request again",
     "ZeroAmount": "the amount must be greater than zero",
     "ZeroAddress": "an address argument is the zero address; pass a real address",
     # NodeRegistry (operators)
@@ -156,7 +163,7 @@ _TOKEN_ARGS: dict[str, frozenset[str]] = {
 _FALLBACK_TOKEN_ARGS = frozenset(
     {"amount", "stake", "needed", "available", "balance", "allowance", "cumulativeAmount", "alreadyPaid"}
 )
-_TIMESTAMP_ARGS = frozenset({"readyAt", "nowTimestamp", "expiry", "deadline"})
+_TIMESTAMP_ARGS = frozenset({"readyAt", "nowTimestamp", "expiry", "deadline", "lapsedAt"})
 # ParameterOutOfBounds(name, value, minimum, maximum): the unit depends on the parameter.
 _TOKEN_PARAMETERS = frozenset({"minStake"})
 _DURATION_PARAMETERS = frozenset({"unbondingPeriod", "unlockDelay"})

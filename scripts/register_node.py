@@ -24,6 +24,7 @@ STATUS_FIELDS = (
     "unbondingReadyAt",
     "registeredAt",
     "registered",
+    "deregisteredAt",
 )
 
 

@@ -38,7 +38,7 @@ def models(session: Session) -> None:
 
 def nodes(session: Session) -> list[str]:
     registry = session.nodes.functions
-    operators = registry.operators().call()
+    operators = registry.operatorsPage(0, registry.operatorCount().call()).call()
     rows = []
     for op in operators:
         n = registry.getNode(op).call()
@@ -72,15 +72,20 @@ def escrows(session: Session, extra: list[str]) -> None:
     payers = list(dict.fromkeys([e["args"]["payer"] for e in deposits] + extra))
     rows = []
     for payer in payers:
-        balance, unlocking, ready = session.settlement.functions.escrowOf(
-            parse_address(session.w3, payer, "--payer")
-        ).call()
-        rows.append((payer, fmt(balance), fmt(unlocking), ready or "-"))
-    table("escrow", ("payer", "balance", "unlocking", "ready at"), rows)
+        address = parse_address(session.w3, payer, "--payer")
+        balance, unlocking, ready = session.settlement.functions.escrowOf(address).call()
+        available = session.settlement.functions.availableOf(address).call()
+        rows.append((payer, fmt(balance), fmt(available), fmt(unlocking), ready or "-"))
+    table("escrow", ("payer", "balance", "available", "unlocking", "ready at"), rows)
+
+
+def _vesting(session: Session) -> int:
+    unvested, unsynced, _end = session.vault.functions.pendingIncome().call()
+    return unvested + unsynced
 
 
 def earnings(session: Session, operators: list[str]) -> None:
-    developers, _vault, infrastructure, research = session.settlement.functions.treasury().call()
+    developers, infrastructure, research = session.settlement.functions.treasury().call()
     earned = session.settlement.functions.earnings
     rows = [(f"node {op}", fmt(earned(op).call())) for op in operators]
     rows += [
@@ -88,6 +93,7 @@ def earnings(session: Session, operators: list[str]) -> None:
         ("infrastructure (15%)", fmt(earned(infrastructure).call())),
         ("research (10%)", fmt(earned(research).call())),
         ("HYSA vault assets (20% + slashes)", fmt(session.vault.functions.totalAssets().call())),
+        ("HYSA vault income still vesting", fmt(_vesting(session))),
     ]
     table("unwithdrawn earnings", ("recipient", "amount"), rows)
 

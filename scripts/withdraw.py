@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"escrow holds {fmt(balance)}; cannot unlock {fmt(amount)}")
         session.send(settlement.requestUnlock(amount))
         ready = settlement.escrowOf(session.address).call()[2]
-        print(f"unlock of {fmt(amount)} requested; withdraw after {time.ctime(ready)} (block time)")
+        lapses = ready + settlement.UNLOCK_WINDOW().call()
+        print(
+            f"unlock of {fmt(amount)} requested; withdraw between {time.ctime(ready)} and "
+            f"{time.ctime(lapses)} (block time); after that it lapses and must be requested again"
+        )
         return 0
     if args.cancel:
         session.send(settlement.cancelUnlock())
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     now = session.w3.eth.get_block("latest")["timestamp"]
     if now < ready:
         raise UsageError(f"the unlock delay ends at {time.ctime(ready)}; {ready - now} s to go")
+    if now > ready + settlement.UNLOCK_WINDOW().call():
+        raise UsageError(
+            "the unlock lapsed (not withdrawn within its window): request it again with --request"
+        )
     receipt = session.send(settlement.withdraw())
     event = session.settlement.events.EscrowWithdrawn()
     paid = event.process_receipt(receipt, errors=DISCARD)[0]["args"]["amount"]  # skip the token's Transfer

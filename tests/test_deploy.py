@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from web3.exceptions import ContractLogicError
 
 from chain.accounts import dev_account
 from chain.artifacts import load_artifact
@@ -31,10 +32,10 @@ def test_deployAll_wiresRolesAndParameters(chain_snapshot) -> None:
     assert nodes.functions.unbondingPeriod().call() == params.unbonding_period
     assert nodes.functions.slashRecipient().call() == d.hysa_vault
     assert settlement.functions.unlockDelay().call() == params.unlock_delay
-    assert settlement.functions.treasury().call()[1] == d.hysa_vault
+    assert settlement.functions.hysaVault().call() == d.hysa_vault
 
 
-def test_deployAll_seedsVaultSoEarlyIncomeHasAnOwner(chain_snapshot) -> None:
+def test_deployAll_seedsVaultWithSharesNobodyCanRedeem(chain_snapshot) -> None:
     w3 = chain_snapshot
     admin = dev_account(0)
     d = deploy_all(w3, admin)
@@ -42,10 +43,22 @@ def test_deployAll_seedsVaultSoEarlyIncomeHasAnOwner(chain_snapshot) -> None:
     token = contract(w3, "NetworkToken", d.network_token)
     seed = DeployParams().vault_seed
     assert vault.functions.totalAssets().call() == seed
-    # Income before any user deposits (a fee or slash is a plain transfer) belongs to the seed holder.
+    shares = vault.functions.balanceOf(d.hysa_vault).call()
+    assert shares == vault.functions.totalSupply().call() > 0  # the vault itself holds the seed
+    assert vault.functions.balanceOf(admin.address).call() == 0
+    # Nobody (the admin included) can take the seed out: the vault never approves its own shares.
+    with pytest.raises(ContractLogicError):
+        vault.functions.redeem(shares, admin.address, d.hysa_vault).call({"from": admin.address})
+
+    # Income before any user deposits (a fee or slash is a plain transfer) vests to the seed's
+    # shares, which stay, so no income is ever stranded with the virtual shares.
     income = 10 * 10**18
-    TxSender(w3, admin).send(token.functions.mint(d.hysa_vault, income))
-    shares = vault.functions.balanceOf(admin.address).call()
+    sender = TxSender(w3, admin)
+    sender.send(token.functions.mint(d.hysa_vault, income))
+    sender.send(vault.functions.sync())
+    assert vault.functions.totalAssets().call() == seed  # vesting, not yet counted
+    w3.provider.make_request("evm_increaseTime", [vault.functions.VESTING_PERIOD().call()])
+    w3.provider.make_request("evm_mine", [])
     claimable = vault.functions.convertToAssets(shares).call()
     assert seed + income - claimable <= (seed + income) // 10**6  # virtual shares keep at most a millionth
 

@@ -7,11 +7,12 @@ from eth_account import Account
 from eth_utils import keccak
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from web3.exceptions import ContractCustomError
 
 from chain import eip712
 from chain.artifacts import load_artifact
 from chain.deploy import deploy_all
-from chain.errors import ChainError
+from chain.errors import ChainError, decode_revert
 
 ANVIL_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # Anvil's account 0
 UINT = st.integers(min_value=0, max_value=2**256 - 1)
@@ -103,10 +104,11 @@ def test_highS_refusedInPythonAndSolidity(settlement, anvil) -> None:
     sig = eip712.sign(account.key, "RequestAuth", message, anvil.eth.chain_id, settlement.address)
     high_s = (eip712.SECP256K1_N - int.from_bytes(sig.s, "big")).to_bytes(32, "big")
     malleable = eip712.Signature(v=55 - sig.v, r=sig.r, s=high_s)  # 27 <-> 28
-    onchain = settlement.functions.recoverRequestSigner(
-        as_tuple("RequestAuth", message), malleable.as_tuple()
-    ).call()
-    assert onchain == "0x0000000000000000000000000000000000000000"
+    with pytest.raises(ContractCustomError) as refused:
+        settlement.functions.recoverRequestSigner(
+            as_tuple("RequestAuth", message), malleable.as_tuple()
+        ).call()
+    assert decode_revert(refused.value.data).name == "InvalidRequestSignature"
     with pytest.raises(ChainError, match="high s"):
         eip712.recover("RequestAuth", message, malleable, anvil.eth.chain_id, settlement.address)
 

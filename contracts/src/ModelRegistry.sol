@@ -22,6 +22,10 @@ contract ModelRegistry is IModelRegistry, AccessControl {
     mapping(bytes32 nameHash => uint256[]) private _versions;
     mapping(bytes32 nameHash => address) public nameOwner;
     mapping(bytes32 cidHash => uint256) public modelIdByCid;
+    /// @dev Versions of a name that are not deprecated, and whether any version was ever approved:
+    ///      together they say when a squatted name can be released.
+    mapping(bytes32 nameHash => uint256) private _liveVersions;
+    mapping(bytes32 nameHash => bool) private _nameApproved;
     uint256 private _count;
 
     /// @param admin Receives the admin and curator roles.
@@ -47,6 +51,7 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         modelId = ++_count;
         modelIdByCid[cidHash] = modelId;
         _versions[nameHash].push(modelId);
+        _liveVersions[nameHash] += 1;
         uint32 version = uint32(_versions[nameHash].length);
         Model storage m = _models[modelId];
         m.name = spec.name;
@@ -71,6 +76,8 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         Model storage m = _existing(modelId);
         if (m.status != Status.Proposed) revert WrongModelStatus(modelId, m.status, Status.Proposed);
         m.status = Status.Approved;
+        m.approvedAt = uint64(block.timestamp);
+        _nameApproved[keccak256(bytes(m.name))] = true;
         emit ModelApproved(modelId, msg.sender);
     }
 
@@ -83,6 +90,17 @@ contract ModelRegistry is IModelRegistry, AccessControl {
         if (m.status == Status.Deprecated) revert ModelAlreadyDeprecated(modelId);
         m.status = Status.Deprecated;
         emit ModelDeprecated(modelId, msg.sender);
+        bytes32 nameHash = keccak256(bytes(m.name));
+        _liveVersions[nameHash] -= 1;
+        if (m.approvedAt != 0) return;
+        // Never approved: a copy of someone else's pending proposal must not keep the CID or the
+        // name from their real publisher once a curator (or the copier) deprecates it.
+        delete modelIdByCid[keccak256(bytes(m.cid))];
+        emit CidReleased(modelId, m.cid);
+        if (_liveVersions[nameHash] == 0 && !_nameApproved[nameHash]) {
+            emit NameReleased(m.name, nameOwner[nameHash]);
+            delete nameOwner[nameHash];
+        }
     }
 
     /// @inheritdoc IModelRegistry
@@ -93,6 +111,12 @@ contract ModelRegistry is IModelRegistry, AccessControl {
     /// @inheritdoc IModelRegistry
     function isApproved(uint256 modelId) external view returns (bool) {
         return _models[modelId].status == Status.Approved;
+    }
+
+    /// @inheritdoc IModelRegistry
+    function billablePrice(uint256 modelId) external view returns (uint256) {
+        Model storage m = _models[modelId];
+        return m.approvedAt == 0 ? 0 : m.pricePer1k;
     }
 
     /// @inheritdoc IModelRegistry

@@ -6,13 +6,16 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
 import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {IHysaVault} from "./interfaces/IHysaVault.sol";
 
 /// @title NodeRegistry
 /// @notice Stakes, registrations and reputation of the nodes that serve llm-mesh models.
-/// @dev Reputation grows only through Settlement, where 70% of every payment goes to others, so a
-///      node buying itself a reputation loses 70% of what it spends.
+/// @dev Reputation grows only through Settlement, where 70% of every payment goes to others (the
+///      vault's 20% vests over a week, so it cannot be taken back by a sandwich), so a node buying
+///      itself a reputation loses 70% of what it spends.
 contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
@@ -32,10 +35,11 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
 
     IERC20 public immutable token;
     IModelRegistry public immutable models;
+    /// @notice The HYSA vault; fixed, so no admin can redirect slashed stake.
+    address public immutable slashRecipient;
 
     uint256 public minStake;
     uint256 public unbondingPeriod;
-    address public slashRecipient;
 
     mapping(address operator => Node) private _nodes;
     mapping(address operator => Reputation) private _reputation;
@@ -45,7 +49,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     /// @param token_ The staking token.
     /// @param models_ The model registry hosted models are checked against.
     /// @param admin Receives the admin and slasher roles.
-    /// @param slashRecipient_ Where slashed stake goes (the HYSA vault in the default deployment).
+    /// @param slashRecipient_ The HYSA vault: where slashed stake goes, for good.
     /// @param minStake_ Minimum stake to register.
     /// @param unbondingPeriod_ Seconds between an unbond request and the withdrawal.
     constructor(
@@ -60,7 +64,8 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         models = models_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(SLASHER_ROLE, admin);
-        _setSlashRecipient(slashRecipient_);
+        if (slashRecipient_ == address(0)) revert ZeroAddress();
+        slashRecipient = slashRecipient_;
         _setMinStake(minStake_);
         _setUnbondingPeriod(unbondingPeriod_);
     }
@@ -97,6 +102,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         node.hostedModels = modelIds;
         node.registered = true;
         node.registeredAt = uint64(block.timestamp);
+        node.deregisteredAt = 0;
         emit NodeRegistered(msg.sender, nodeId, endpoint, hardware, modelIds);
     }
 
@@ -128,6 +134,7 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     function deregister() external {
         Node storage node = _registered(msg.sender);
         node.registered = false;
+        node.deregisteredAt = uint64(block.timestamp);
         emit NodeDeregistered(msg.sender);
     }
 
@@ -139,8 +146,11 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         node.stake -= amount;
         node.unbonding += amount;
         // The period restarts on every request, so stake never leaves sooner than one full period
-        // after it stopped backing the node.
-        node.unbondingReadyAt = (block.timestamp + unbondingPeriod).toUint64();
+        // after it stopped backing the node; and a request never brings an earlier ready time
+        // closer (after the admin lowered the period, stake committed under the longer one
+        // must not leave early and escape slashing).
+        uint256 readyAt = block.timestamp + unbondingPeriod;
+        if (readyAt > node.unbondingReadyAt) node.unbondingReadyAt = readyAt.toUint64();
         emit UnbondRequested(msg.sender, amount, node.unbonding, node.unbondingReadyAt);
     }
 
@@ -172,20 +182,25 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         external
         onlyRole(SLASHER_ROLE)
         nonReentrant
+        returns (uint256 taken)
     {
         if (amount == 0) revert ZeroAmount();
         Node storage node = _nodes[operator];
-        uint256 available = node.stake + node.unbonding;
-        if (amount > available) revert InsufficientStake(amount, available);
-        uint256 fromStake = amount < node.stake ? amount : node.stake;
-        uint256 fromUnbonding = amount - fromStake;
+        // What is there, up to the amount: an operator who front-runs a slash by withdrawing
+        // matured unbonding stake still loses everything that remains.
+        uint256 fromStake = Math.min(amount, node.stake);
+        uint256 fromUnbonding = Math.min(amount - fromStake, node.unbonding);
+        taken = fromStake + fromUnbonding;
         node.stake -= fromStake;
         node.unbonding -= fromUnbonding;
         Reputation storage rep = _reputation[operator];
         rep.slashCount += 1;
-        rep.totalSlashed += amount.toUint128();
+        rep.totalSlashed += taken.toUint128();
         emit NodeSlashed(operator, msg.sender, fromStake, fromUnbonding, reason);
-        token.safeTransfer(slashRecipient, amount);
+        if (taken != 0) {
+            token.safeTransfer(slashRecipient, taken);
+            IHysaVault(slashRecipient).sync();
+        }
     }
 
     /// @inheritdoc INodeRegistry
@@ -196,8 +211,12 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         Reputation storage rep = _reputation[operator];
         rep.tokensServed += tokens.toUint128();
         rep.volumePaid += amount.toUint128();
-        rep.receiptsSettled += receipts.toUint64();
-        rep.lastSettledAt = uint64(block.timestamp);
+        // Only receipts that paid for at least 1K tokens count and refresh the recency, so neither
+        // can be bought with dust.
+        if (receipts != 0) {
+            rep.receiptsSettled += receipts.toUint64();
+            rep.lastSettledAt = uint64(block.timestamp);
+        }
         emit SettlementRecorded(operator, tokens, amount, receipts);
     }
 
@@ -211,12 +230,6 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     /// @param value Seconds.
     function setUnbondingPeriod(uint256 value) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setUnbondingPeriod(value);
-    }
-
-    /// @notice Sets where slashed stake goes (admin).
-    /// @param value The recipient.
-    function setSlashRecipient(address value) external onlyRole(DEFAULT_ADMIN_ROLE) {
-        _setSlashRecipient(value);
     }
 
     /// @inheritdoc INodeRegistry
@@ -236,13 +249,32 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
     }
 
     /// @inheritdoc INodeRegistry
-    function isKnown(address operator) external view returns (bool) {
-        return _nodes[operator].registeredAt != 0;
+    function settlementCapacity(address operator)
+        external
+        view
+        returns (bool payable_, uint256 tokensRoom, uint256 volumeRoom)
+    {
+        Node storage node = _nodes[operator];
+        bool serving =
+            node.registered || (node.deregisteredAt != 0 && block.timestamp <= node.deregisteredAt + unbondingPeriod);
+        payable_ = serving && node.stake + node.unbonding != 0;
+        Reputation storage rep = _reputation[operator];
+        tokensRoom = type(uint128).max - rep.tokensServed;
+        volumeRoom = type(uint128).max - rep.volumePaid;
     }
 
     /// @inheritdoc INodeRegistry
-    function operators() external view returns (address[] memory) {
-        return _operators;
+    function operatorCount() external view returns (uint256) {
+        return _operators.length;
+    }
+
+    /// @inheritdoc INodeRegistry
+    function operatorsPage(uint256 start, uint256 limit) external view returns (address[] memory page) {
+        uint256 count = _operators.length;
+        page = new address[](start < count ? Math.min(limit, count - start) : 0);
+        for (uint256 i; i < page.length; ++i) {
+            page[i] = _operators[start + i];
+        }
     }
 
     function _registered(address operator) private view returns (Node storage node) {
@@ -287,11 +319,5 @@ contract NodeRegistry is INodeRegistry, AccessControl, ReentrancyGuard {
         }
         emit UnbondingPeriodChanged(unbondingPeriod, value);
         unbondingPeriod = value;
-    }
-
-    function _setSlashRecipient(address value) private {
-        if (value == address(0)) revert ZeroAddress();
-        emit SlashRecipientChanged(slashRecipient, value);
-        slashRecipient = value;
     }
 }

@@ -12,12 +12,15 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {ISettlement} from "./interfaces/ISettlement.sol";
 import {INodeRegistry} from "./interfaces/INodeRegistry.sol";
+import {IModelRegistry} from "./interfaces/IModelRegistry.sol";
+import {IHysaVault} from "./interfaces/IHysaVault.sol";
 
 /// @title Settlement
 /// @notice Holds user escrow and pays nodes from it against cumulative usage receipts signed by the
 ///         payer. Every payment is split 30% node / 25% developers / 20% HYSA vault / 15%
-///         infrastructure / 10% research. The vault's part is transferred at once (it raises the
-///         vault's share price); the other parts accrue as earnings withdrawn by their owners.
+///         infrastructure / 10% research. The vault's part is transferred at once and vests into
+///         the vault's share price over a week; the other parts accrue as earnings withdrawn by
+///         their owners.
 /// @dev Batch policy: `settle` skips a bad receipt with a ReceiptRejected event carrying the custom
 ///      error, so one underfunded payer cannot block a node's other payers; the node keeps the
 ///      receipt and retries it. `settleStrict` reverts the whole batch on the first bad receipt.
@@ -41,9 +44,18 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
 
     uint256 public constant MIN_UNLOCK_DELAY = 10 minutes;
     uint256 public constant MAX_UNLOCK_DELAY = 30 days;
+    /// @notice How long a matured unlock stays withdrawable. Bounding it means a node always sees
+    ///         an unlock coming at least `unlockDelay` ahead: no payer can keep a matured unlock
+    ///         in reserve and withdraw with zero notice after being served.
+    uint256 public constant UNLOCK_WINDOW = 1 days;
+    /// @dev Price unit: prices are per 1K tokens.
+    uint256 private constant TOKENS_PER_PRICE = 1000;
 
     IERC20 public immutable token;
     INodeRegistry public immutable nodes;
+    IModelRegistry public immutable models;
+    /// @notice The HYSA vault, fixed: the registry's slash recipient.
+    address public immutable hysaVault;
 
     Treasury private _treasury;
     uint256 public unlockDelay;
@@ -53,25 +65,35 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
     /// @notice Unwithdrawn earnings of node operators and treasury recipients.
     mapping(address account => uint256) public earnings;
 
-    /// @dev Totals of one node's consecutive receipts within a batch.
+    /// @dev One node's consecutive receipts within a batch. The run's totals are kept as the room
+    ///      its reputation counters have left (what it started with minus what the run added), so
+    ///      each receipt costs one comparison and one subtraction per counter. The last model price
+    ///      looked up is kept across runs.
     struct Run {
         address node;
-        bool known;
-        uint256 amount;
-        uint256 tokens;
+        bool payable_;
         uint256 receipts;
+        uint256 tokensRoomAtStart;
+        uint256 tokensRoom;
+        uint256 volumeRoomAtStart;
+        uint256 volumeRoom;
+        uint256 modelId;
+        uint256 price;
     }
 
     /// @param token_ The payment token.
-    /// @param nodes_ The node registry (this contract needs its SETTLEMENT_ROLE).
+    /// @param nodes_ The node registry (this contract needs its SETTLEMENT_ROLE); its model registry
+    ///        prices receipts and its slash recipient is the HYSA vault.
     /// @param admin Receives the admin role.
-    /// @param treasury_ Recipients of the non-node parts.
+    /// @param treasury_ Recipients of the developers', infrastructure and R&D parts.
     /// @param unlockDelay_ Seconds between an escrow unlock request and the withdrawal.
     constructor(IERC20 token_, INodeRegistry nodes_, address admin, Treasury memory treasury_, uint256 unlockDelay_)
         EIP712("llm-mesh Settlement", "1")
     {
         token = token_;
         nodes = nodes_;
+        models = nodes_.models();
+        hysaVault = nodes_.slashRecipient();
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _setTreasury(treasury_);
         _setUnlockDelay(unlockDelay_);
@@ -104,7 +126,10 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
         Escrow storage e = _escrows[msg.sender];
         if (amount > e.balance) revert InsufficientEscrow(msg.sender, amount, e.balance);
         e.unlocking = amount.toUint128();
-        e.unlockReadyAt = (block.timestamp + unlockDelay).toUint64();
+        // Never closer than a pending unlock's ready time: after the admin lowered the delay, a
+        // new request must not shorten the notice nodes were given.
+        uint256 readyAt = block.timestamp + unlockDelay;
+        if (readyAt > e.unlockReadyAt) e.unlockReadyAt = readyAt.toUint64();
         emit EscrowUnlockRequested(msg.sender, amount, e.unlockReadyAt);
     }
 
@@ -122,6 +147,8 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
         Escrow storage e = _escrows[msg.sender];
         if (e.unlockReadyAt == 0) revert NoUnlockPending(msg.sender);
         if (block.timestamp < e.unlockReadyAt) revert UnlockNotReady(e.unlockReadyAt, block.timestamp);
+        uint256 lapsedAt = e.unlockReadyAt + UNLOCK_WINDOW;
+        if (block.timestamp > lapsedAt) revert UnlockLapsed(e.unlockReadyAt, lapsedAt, block.timestamp);
         // Settlement may have spent part of the unlocking amount during the delay.
         amount = e.unlocking < e.balance ? e.unlocking : e.balance;
         // forge-lint: disable-next-line(unsafe-typecast)
@@ -155,7 +182,7 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
 
     // ---------------------------------------------------------------- admin
 
-    /// @notice Sets the treasury recipients (admin).
+    /// @notice Sets the developers', infrastructure and R&D recipients (admin); the vault stays.
     /// @param treasury_ The new recipients; none may be zero.
     function setTreasury(Treasury calldata treasury_) external onlyRole(DEFAULT_ADMIN_ROLE) {
         _setTreasury(treasury_);
@@ -206,8 +233,10 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
 
     /// @inheritdoc ISettlement
     function recoverRequestSigner(RequestAuth calldata auth, Signature calldata sig) external view returns (address) {
+        if (auth.payer == address(0)) revert ZeroAddress();
         (address signer, ECDSA.RecoverError err,) = ECDSA.tryRecover(hashRequestAuth(auth), sig.v, sig.r, sig.s);
-        return err == ECDSA.RecoverError.NoError ? signer : address(0);
+        if (err != ECDSA.RecoverError.NoError) revert InvalidRequestSignature();
+        return signer;
     }
 
     /// @inheritdoc ISettlement
@@ -223,6 +252,13 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
     /// @inheritdoc ISettlement
     function escrowOf(address payer) external view returns (Escrow memory) {
         return _escrows[payer];
+    }
+
+    /// @inheritdoc ISettlement
+    function availableOf(address payer) external view returns (uint256) {
+        Escrow storage e = _escrows[payer];
+        bool reserved = e.unlockReadyAt != 0 && block.timestamp <= e.unlockReadyAt + UNLOCK_WINDOW;
+        return reserved ? e.balance - Math.min(e.unlocking, e.balance) : e.balance;
     }
 
     /// @inheritdoc ISettlement
@@ -255,9 +291,10 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
             if (node != run.node || i == 0) {
                 _closeRun(run, owed);
                 run.node = node;
-                run.known = nodes.isKnown(node);
+                (run.payable_, run.tokensRoom, run.volumeRoom) = nodes.settlementCapacity(node);
+                (run.tokensRoomAtStart, run.volumeRoomAtStart) = (run.tokensRoom, run.volumeRoom);
             }
-            (bytes memory err, uint256 amount, uint256 tokens) = _apply(signed, run.known);
+            (bytes memory err, uint256 amount) = _apply(signed, run);
             if (err.length != 0) {
                 if (strict) {
                     assembly ("memory-safe") {
@@ -267,12 +304,8 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
                 emit ReceiptRejected(signed.receipt.payer, node, i, err);
                 continue;
             }
-            // Each amount and token delta is below 2^128 (checked in _apply), so sums over a batch
-            // cannot overflow 256 bits.
+            // Each amount is below 2^128 (checked in _apply), so sums over a batch cannot overflow.
             unchecked {
-                run.amount += amount;
-                run.tokens += tokens;
-                run.receipts += 1;
                 totalPaid += amount;
                 ++settled;
             }
@@ -281,74 +314,98 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
         _payTreasury(owed);
     }
 
-    /// @dev Checks one receipt and, when it is good, moves its delta out of escrow. A bad receipt
-    ///      returns its ABI-encoded custom error instead of reverting so a batch can skip it.
-    function _apply(SignedReceipt calldata signed, bool nodeKnown)
-        private
-        returns (bytes memory err, uint256 amount, uint256 tokens)
-    {
+    /// @dev Checks one receipt and, when it is good, moves its delta out of escrow and adds it to
+    ///      the run. A bad receipt returns its ABI-encoded custom error instead of reverting so a
+    ///      batch can skip it.
+    function _apply(SignedReceipt calldata signed, Run memory run) private returns (bytes memory err, uint256 amount) {
         UsageReceipt calldata r = signed.receipt;
-        if (!nodeKnown) return (abi.encodeWithSelector(UnknownNode.selector, r.node), 0, 0);
+        if (!run.payable_) return (abi.encodeWithSelector(NodeNotPayable.selector, r.node), 0);
         if (block.timestamp > r.expiry) {
-            return (abi.encodeWithSelector(ReceiptExpired.selector, r.expiry, block.timestamp), 0, 0);
+            return (abi.encodeWithSelector(ReceiptExpired.selector, r.expiry, block.timestamp), 0);
         }
         if (r.cumulativeAmount > type(uint128).max) {
-            return (abi.encodeWithSelector(AmountOutOfRange.selector, r.cumulativeAmount), 0, 0);
+            return (abi.encodeWithSelector(AmountOutOfRange.selector, r.cumulativeAmount), 0);
         }
+        if (r.modelId != run.modelId) (run.modelId, run.price) = (r.modelId, models.billablePrice(r.modelId));
+        if (run.price == 0) return (abi.encodeWithSelector(ModelNotBillable.selector, r.modelId), 0);
         bytes32 digest = hashReceipt(r);
         if (!_signedBy(digest, signed.payerSig, r.payer)) {
-            return (abi.encodeWithSelector(InvalidPayerSignature.selector, r.payer), 0, 0);
+            return (abi.encodeWithSelector(InvalidPayerSignature.selector, r.payer), 0);
         }
         if (msg.sender != r.node && !_signedBy(digest, signed.nodeSig, r.node)) {
-            return (abi.encodeWithSelector(InvalidNodeSignature.selector, r.node), 0, 0);
+            return (abi.encodeWithSelector(InvalidNodeSignature.selector, r.node), 0);
         }
         Channel storage channel = _channels[r.payer][r.node];
         (uint256 paidAmount, uint256 paidTokens) = (channel.amount, channel.tokens);
         if (r.cumulativeAmount <= paidAmount) {
-            return
-                (abi.encodeWithSelector(StaleReceipt.selector, r.payer, r.node, r.cumulativeAmount, paidAmount), 0, 0);
+            return (abi.encodeWithSelector(StaleReceipt.selector, r.payer, r.node, r.cumulativeAmount, paidAmount), 0);
         }
         if (r.cumulativeTokens < paidTokens || r.cumulativeTokens > type(uint128).max) {
-            return (
-                abi.encodeWithSelector(InconsistentTokens.selector, r.payer, r.node, r.cumulativeTokens, paidTokens),
-                0,
-                0
-            );
+            return
+                (
+                    abi.encodeWithSelector(
+                        InconsistentTokens.selector, r.payer, r.node, r.cumulativeTokens, paidTokens
+                    ),
+                    0
+                );
         }
-        amount = r.cumulativeAmount - paidAmount;
+        // Unchecked arithmetic in this function follows the check that rules out its overflow (here:
+        // cumulativeAmount > paidAmount), because settle runs it for every receipt.
+        unchecked {
+            amount = r.cumulativeAmount - paidAmount;
+        }
         Escrow storage escrow = _escrows[r.payer];
         uint256 available = escrow.balance;
         if (amount > available) {
-            return (abi.encodeWithSelector(InsufficientEscrow.selector, r.payer, amount, available), 0, 0);
+            return (abi.encodeWithSelector(InsufficientEscrow.selector, r.payer, amount, available), 0);
         }
-        tokens = r.cumulativeTokens - paidTokens;
+        uint256 tokens;
+        uint256 credited;
+        unchecked {
+            tokens = r.cumulativeTokens - paidTokens; // checked above: not below paidTokens
+            // Reputation counts only tokens the payment pays for at the model's approved price, so
+            // a node paying itself dust cannot claim any number of tokens served. amount < 2^128.
+            uint256 paidFor = amount * TOKENS_PER_PRICE / run.price;
+            credited = tokens < paidFor ? tokens : paidFor;
+        }
+        // Both counters must still fit after this run, or recordSettlement would revert the batch.
+        if (credited > run.tokensRoom || amount > run.volumeRoom) {
+            return (abi.encodeWithSelector(ReputationOverflow.selector, r.node), 0);
+        }
+        unchecked {
+            run.tokensRoom -= credited;
+            run.volumeRoom -= amount;
+            if (amount >= run.price) ++run.receipts; // paid for at least 1K tokens
+        }
         // All three fit in 128 bits: the receipt's values were range-checked above, and the new
         // balance is below the old one.
         // forge-lint: disable-next-line(unsafe-typecast)
         channel.amount = uint128(r.cumulativeAmount);
         // forge-lint: disable-next-line(unsafe-typecast)
         channel.tokens = uint128(r.cumulativeTokens);
-        // forge-lint: disable-next-line(unsafe-typecast)
-        escrow.balance = uint128(available - amount);
+        unchecked {
+            // forge-lint: disable-next-line(unsafe-typecast)
+            escrow.balance = uint128(available - amount); // amount <= available, checked above
+        }
         emit ReceiptSettled(r.payer, r.node, r.modelId, tokens, amount);
     }
 
     /// @dev Splits one node's run, credits the node and its reputation, and adds the treasury
     ///      parts to the batch totals.
     function _closeRun(Run memory run, Split memory owed) private {
-        if (run.receipts == 0) return;
-        Split memory parts = split(run.amount);
+        uint256 amount = run.volumeRoomAtStart - run.volumeRoom;
+        if (amount == 0) return;
+        Split memory parts = split(amount);
         earnings[run.node] += parts.node;
         owed.developers += parts.developers;
         owed.hysa += parts.hysa;
         owed.infrastructure += parts.infrastructure;
         owed.research += parts.research;
         emit PaymentSplit(
-            run.node, run.amount, parts.node, parts.developers, parts.hysa, parts.infrastructure, parts.research
+            run.node, amount, parts.node, parts.developers, parts.hysa, parts.infrastructure, parts.research
         );
-        nodes.recordSettlement(run.node, run.tokens, run.amount, run.receipts);
-        run.amount = 0;
-        run.tokens = 0;
+        nodes.recordSettlement(run.node, run.tokensRoomAtStart - run.tokensRoom, amount, run.receipts);
+        // The next run starts from its node's capacity; only the receipt count carries over.
         run.receipts = 0;
     }
 
@@ -356,8 +413,12 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
         if (owed.developers != 0) earnings[_treasury.developers] += owed.developers;
         if (owed.infrastructure != 0) earnings[_treasury.infrastructure] += owed.infrastructure;
         if (owed.research != 0) earnings[_treasury.research] += owed.research;
-        // Transferred, not credited: assets arriving without new shares raise every holder's price.
-        if (owed.hysa != 0) token.safeTransfer(_treasury.hysaVault, owed.hysa);
+        // Transferred, not credited: assets arriving without new shares raise every holder's price,
+        // vesting from this sync on.
+        if (owed.hysa != 0) {
+            token.safeTransfer(hysaVault, owed.hysa);
+            IHysaVault(hysaVault).sync();
+        }
     }
 
     function _signedBy(bytes32 digest, Signature calldata sig, address expected) private pure returns (bool) {
@@ -366,12 +427,11 @@ contract Settlement is ISettlement, AccessControl, ReentrancyGuard, EIP712 {
     }
 
     function _setTreasury(Treasury memory value) private {
-        if (
-            value.developers == address(0) || value.hysaVault == address(0) || value.infrastructure == address(0)
-                || value.research == address(0)
-        ) revert ZeroAddress();
+        if (value.developers == address(0) || value.infrastructure == address(0) || value.research == address(0)) {
+            revert ZeroAddress();
+        }
         _treasury = value;
-        emit TreasuryChanged(value.developers, value.hysaVault, value.infrastructure, value.research);
+        emit TreasuryChanged(value.developers, value.infrastructure, value.research);
     }
 
     function _setUnlockDelay(uint256 value) private {

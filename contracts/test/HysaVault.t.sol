@@ -45,11 +45,23 @@ contract HysaVaultTest is Base {
         assets = vault.redeem(shares, who, who);
     }
 
-    /// @dev Plain transfer to the vault, as Settlement and slashing do: assets arrive, no shares.
+    /// @dev Plain transfer to the vault, as Settlement and slashing do (assets arrive, no shares),
+    ///      then a sync and one vesting period, so the income is fully in totalAssets.
     function _donate(address from, uint256 amount) internal {
+        _donateUnvested(from, amount);
+        vm.warp(block.timestamp + vault.VESTING_PERIOD());
+    }
+
+    /// @dev The transfer and sync alone: the income starts vesting now.
+    function _donateUnvested(address from, uint256 amount) internal {
         _mint(from, amount);
         vm.prank(from);
         token.transfer(address(vault), amount);
+        vault.sync();
+    }
+
+    function _vest() internal {
+        vm.warp(block.timestamp + vault.VESTING_PERIOD());
     }
 
     /// @dev The value of one share (base unit), rounded up: what a depositor can lose to rounding.
@@ -312,6 +324,8 @@ contract HysaVaultTest is Base {
         _stake(node, 2000 ether);
         vm.prank(slasher);
         nodes.slash(node, 100 ether, "bad output");
+        vm.assertEq(vault.totalAssets(), 100 ether, "the slash starts vesting, nothing yet");
+        _vest();
         vm.assertEq(vault.totalSupply(), 100 * ONE_SHARE, "no shares minted");
         vm.assertEq(vault.totalAssets(), 200 ether, "slash became yield");
         uint256 out = _redeemAll(payer);
@@ -325,11 +339,100 @@ contract HysaVaultTest is Base {
         _deposit(payer, 100 ether);
         ISettlement.SignedReceipt memory s = _signed(PAYER_PK, NODE_PK, _receipt(payer, node, 1000, 2 ether));
         settlement.settle(_one(s));
+        vm.assertEq(vault.totalAssets(), 10 ether, "the fee starts vesting, nothing yet");
+        _vest();
         vm.assertEq(vault.totalSupply(), 10 * ONE_SHARE, "no shares minted");
         vm.assertEq(vault.totalAssets(), 10.4 ether, "20% of 2 MESH");
         uint256 out = _redeemAll(payer2);
         vm.assertLe(out, 10.4 ether, "not more than held");
         vm.assertGe(out, 10.4 ether - 2, "holder receives the fee");
+    }
+
+    // ------------------------------------------------------------------ vesting
+
+    function test_vesting_linearOverThePeriod() public {
+        _vaultDeposit(payer, 100 ether);
+        _donateUnvested(developers, 70 ether);
+        vm.assertEq(vault.totalAssets(), 100 ether, "nothing at once");
+        (uint256 unvested,, uint64 end) = vault.pendingIncome();
+        vm.assertEq(unvested, 70 ether, "all vesting");
+        vm.assertEq(uint256(end), block.timestamp + 7 days, "over seven days");
+        vm.warp(block.timestamp + 1 days);
+        vm.assertEq(vault.totalAssets(), 110 ether, "a seventh after one day");
+        vm.warp(block.timestamp + 6 days);
+        vm.assertEq(vault.totalAssets(), 170 ether, "all after seven");
+        vm.warp(block.timestamp + 30 days);
+        vm.assertEq(vault.totalAssets(), 170 ether, "and no more");
+    }
+
+    function test_vesting_unsyncedIncomeWaitsForSync() public {
+        _vaultDeposit(payer, 100 ether);
+        _mint(developers, 10 ether);
+        vm.prank(developers);
+        token.transfer(address(vault), 10 ether);
+        (, uint256 unsynced,) = vault.pendingIncome();
+        vm.assertEq(unsynced, 10 ether, "seen as unsynced");
+        vm.warp(block.timestamp + 30 days);
+        vm.assertEq(vault.totalAssets(), 100 ether, "not counted before a sync");
+        vault.sync();
+        vm.assertEq(vault.totalAssets(), 100 ether, "vesting starts at the sync");
+        _vest();
+        vm.assertEq(vault.totalAssets(), 110 ether, "then vests");
+    }
+
+    function test_vesting_longHolderKeepsItsShareOfIncomeThatArrivedBeforeOthers() public {
+        _vaultDeposit(payer, 100 ether);
+        _donateUnvested(developers, 70 ether);
+        vm.warp(block.timestamp + 3.5 days); // half vested: 135 MESH behind payer's shares
+        uint256 lateShares = _vaultDeposit(payer2, 135 ether); // same capital as payer now has
+        vm.assertLe(_absDiff(lateShares, 100 * ONE_SHARE), VIRTUAL_SHARES, "bought at the vested price");
+        _vest();
+        uint256 early = _redeemAll(payer);
+        uint256 late = _redeemAll(payer2);
+        // The second half (35 MESH) vested while both held equal shares: 17.5 each.
+        vm.assertLe(_absDiff(early, 152.5 ether), 2, "first half all, second half shared");
+        vm.assertLe(_absDiff(late, 152.5 ether), 2, "late holder earns only while it held");
+    }
+
+    function test_vesting_dustCannotPushOutTheEndOfEarlierIncome() public {
+        _vaultDeposit(payer, 100 ether);
+        _donateUnvested(developers, 700 ether);
+        (,, uint64 end) = vault.pendingIncome();
+        vm.warp(block.timestamp + 3 days);
+        _donateUnvested(stranger, 1); // a griefer's dust, synced at once
+        (,, uint64 endAfter) = vault.pendingIncome();
+        vm.assertLe(uint256(endAfter) - uint256(end), 1, "end moved by at most a second");
+        vm.warp(uint256(end) + 1);
+        vm.assertGe(vault.totalAssets(), 800 ether, "the income vested on time");
+    }
+
+    function test_vesting_roundTripWithinOneBlockGetsNothing() public {
+        _vaultDeposit(payer, 1001 ether);
+        uint256 shares = _vaultDeposit(attacker, 100_000 ether);
+        _donateUnvested(developers, 10_000 ether);
+        uint256 out = _redeemAll(attacker);
+        vm.assertLe(out, 100_000 ether, "no profit");
+        vm.assertGt(shares, 0, "attacker held shares while the income arrived");
+        _vest();
+        // All of it but the virtual shares' slice: 10,000e18 * 1e6 / 1001e24 ~ 10 wei.
+        vm.assertGe(_redeemAll(payer), 11_001 ether - 11, "the holder gets all of it");
+    }
+
+    function testFuzz_vesting_neverCountsMoreThanHeld(uint256 a, uint256 b, uint256 t1, uint256 t2) public {
+        a = bound(a, 1, 1e27);
+        b = bound(b, 1, 1e27);
+        _vaultDeposit(payer, 1 ether);
+        _donateUnvested(developers, a);
+        vm.warp(block.timestamp + bound(t1, 0, 10 days));
+        uint256 before = vault.totalAssets();
+        _donateUnvested(developers, b);
+        vm.assertEq(vault.totalAssets(), before, "a sync never moves totalAssets");
+        vm.warp(block.timestamp + bound(t2, 0, 10 days));
+        vm.assertLe(vault.totalAssets(), token.balanceOf(address(vault)), "never more than held");
+        vm.assertGe(vault.totalAssets(), before, "never falls");
+        _vest();
+        _vest();
+        vm.assertEq(vault.totalAssets(), 1 ether + a + b, "all income vests");
     }
 
     // ------------------------------------------------------------------ first-depositor inflation

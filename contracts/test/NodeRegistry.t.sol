@@ -42,6 +42,14 @@ contract NodeRegistryTest is Base {
         nodes.requestUnbond(amount);
     }
 
+    function _payable(address operator) internal view returns (bool payable_) {
+        (payable_,,) = nodes.settlementCapacity(operator);
+    }
+
+    function _operators() internal view returns (address[] memory) {
+        return nodes.operatorsPage(0, type(uint256).max);
+    }
+
     function _approvedModels(uint256 n) internal returns (uint256[] memory ids) {
         ids = new uint256[](n);
         for (uint256 i; i < n; ++i) {
@@ -94,8 +102,8 @@ contract NodeRegistryTest is Base {
         vm.assertEq(nodes.getNode(node).stake, 500 ether, "stake");
         vm.assertEq(token.balanceOf(address(nodes)), 500 ether, "held by registry");
         vm.assertEq(token.balanceOf(node), 0, "pulled from operator");
-        vm.assertFalse(nodes.isKnown(node), "staking is not registering");
-        vm.assertEq(nodes.operators().length, 0, "not listed");
+        vm.assertFalse(_payable(node), "staking is not registering");
+        vm.assertEq(_operators().length, 0, "not listed");
     }
 
     function test_stake_emitsStakeAdded() public {
@@ -149,10 +157,10 @@ contract NodeRegistryTest is Base {
         vm.assertEq(uint256(n.registeredAt), 1_700_000_500, "registeredAt");
         vm.assertTrue(n.registered, "registered");
         vm.assertTrue(nodes.isActive(node), "active");
-        vm.assertTrue(nodes.isKnown(node), "known");
+        vm.assertTrue(_payable(node), "known");
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-1")), node, "id owner");
-        vm.assertEq(nodes.operators().length, 1, "listed");
-        vm.assertEq(nodes.operators()[0], node, "operator");
+        vm.assertEq(_operators().length, 1, "listed");
+        vm.assertEq(_operators()[0], node, "operator");
     }
 
     function test_register_emitsNodeRegistered() public {
@@ -180,7 +188,7 @@ contract NodeRegistryTest is Base {
         _stake(node, MIN_STAKE - 1);
         vm.expectRevert(abi.encodeWithSelector(INodeRegistry.StakeBelowMinimum.selector, MIN_STAKE - 1, MIN_STAKE));
         _register(node, "node-1", _ids(modelId));
-        vm.assertFalse(nodes.isKnown(node), "not known");
+        vm.assertFalse(_payable(node), "not known");
     }
 
     function test_RevertWhen_StakeBelowMinimum_noStakeAtAll() public {
@@ -201,7 +209,7 @@ contract NodeRegistryTest is Base {
         if (amount < MIN_STAKE) {
             vm.expectRevert(abi.encodeWithSelector(INodeRegistry.StakeBelowMinimum.selector, amount, MIN_STAKE));
             _register(node, "node-1", _ids(modelId));
-            vm.assertFalse(nodes.isKnown(node), "rejected");
+            vm.assertFalse(_payable(node), "rejected");
         } else {
             _register(node, "node-1", _ids(modelId));
             vm.assertTrue(nodes.isActive(node), "accepted");
@@ -292,7 +300,7 @@ contract NodeRegistryTest is Base {
             vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InvalidNodeField.selector, fieldName));
             vm.prank(node);
             nodes.register(nodeId, endpoint, hardware, hosted);
-            vm.assertFalse(nodes.isKnown(node), "rejected");
+            vm.assertFalse(_payable(node), "rejected");
         } else {
             vm.prank(node);
             nodes.register(nodeId, endpoint, hardware, hosted);
@@ -502,8 +510,8 @@ contract NodeRegistryTest is Base {
         vm.assertFalse(n.registered, "not registered");
         vm.assertEq(n.stake, MIN_STAKE, "stake stays");
         vm.assertFalse(nodes.isActive(node), "inactive");
-        vm.assertTrue(nodes.isKnown(node), "still known for settlement");
-        vm.assertEq(nodes.operators().length, 1, "still listed");
+        vm.assertTrue(_payable(node), "still known for settlement");
+        vm.assertEq(_operators().length, 1, "still listed");
     }
 
     function test_RevertWhen_deregisterNotRegistered() public {
@@ -542,7 +550,7 @@ contract NodeRegistryTest is Base {
         vm.assertEq(n.nodeId, "node-1", "same id");
         vm.assertEq(uint256(n.registeredAt), block.timestamp, "registeredAt refreshed");
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-1")), node, "id still owned");
-        vm.assertEq(nodes.operators().length, 1, "listed once");
+        vm.assertEq(_operators().length, 1, "listed once");
         vm.assertTrue(nodes.isActive(node), "active");
         // Re-registering under the same id does not release it.
         _stake(node2, MIN_STAKE);
@@ -559,7 +567,7 @@ contract NodeRegistryTest is Base {
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-1-renamed")), node, "new id owned");
         // A returning operator that picks a new id gives the old one back, so ids are not hoarded.
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-1")), address(0), "old id released");
-        vm.assertEq(nodes.operators().length, 1, "listed once");
+        vm.assertEq(_operators().length, 1, "listed once");
         vm.assertTrue(nodes.isActive(node), "active");
     }
 
@@ -575,7 +583,7 @@ contract NodeRegistryTest is Base {
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-2")), node, "node keeps its new id");
         vm.assertEq(nodes.getNode(node2).nodeId, "node-1", "node2 registered under it");
         vm.assertTrue(nodes.isActive(node2), "node2 active");
-        vm.assertEq(nodes.operators().length, 2, "both listed");
+        vm.assertEq(_operators().length, 2, "both listed");
 
         // The released id is gone for good for its former owner.
         vm.prank(node);
@@ -597,7 +605,7 @@ contract NodeRegistryTest is Base {
         vm.assertEq(nodes.getNode(node).nodeId, "node-1", "back to node-1");
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-1")), node, "node-1 owned again");
         vm.assertEq(nodes.nodeIdOwner(keccak256("node-2")), address(0), "node-2 released");
-        vm.assertEq(nodes.operators().length, 1, "listed once");
+        vm.assertEq(_operators().length, 1, "listed once");
     }
 
     function test_RevertWhen_reRegisterUnderNewIdFails_oldIdStaysReserved() public {
@@ -888,16 +896,6 @@ contract NodeRegistryTest is Base {
         vm.assertEq(nodes.getNode(node).stake, 1990 ether, "slashed");
     }
 
-    function test_slash_goesToNewSlashRecipient() public {
-        _stake(node, 2000 ether);
-        vm.prank(admin);
-        nodes.setSlashRecipient(research);
-        vm.prank(slasher);
-        nodes.slash(node, 10 ether, "x");
-        vm.assertEq(token.balanceOf(research), 10 ether, "new recipient");
-        vm.assertEq(token.balanceOf(address(vault)), 0, "vault got nothing");
-    }
-
     function test_slash_doesNotTouchOtherOperators() public {
         _stake(node, 2000 ether);
         _stake(node2, 2000 ether);
@@ -919,23 +917,27 @@ contract NodeRegistryTest is Base {
         nodes.slash(node, 0, "x");
     }
 
-    function test_RevertWhen_InsufficientStake_slash() public {
+    function test_slash_moreThanAvailableTakesAll() public {
         _stake(node, 2000 ether);
         _unbond(node, 500 ether);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 2000 ether + 1, 2000 ether));
         vm.prank(slasher);
-        nodes.slash(node, 2000 ether + 1, "x");
+        uint256 taken = nodes.slash(node, 2000 ether + 1, "x");
+        vm.assertEq(taken, 2000 ether, "everything there");
+        vm.assertEq(nodes.getNode(node).stake + nodes.getNode(node).unbonding, 0, "nothing left");
+        vm.assertEq(uint256(nodes.reputationOf(node).totalSlashed), 2000 ether, "what was taken is recorded");
     }
 
-    function test_RevertWhen_slashAfterWithdrawal() public {
+    function test_slash_afterWithdrawalRecordsButTakesNothing() public {
         _stake(node, 2000 ether);
         _unbond(node, 2000 ether);
         vm.warp(block.timestamp + UNBONDING_PERIOD);
         vm.prank(node);
         nodes.withdrawStake();
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, 1, 0));
         vm.prank(slasher);
-        nodes.slash(node, 1, "too late");
+        uint256 taken = nodes.slash(node, 1, "too late");
+        vm.assertEq(taken, 0, "nothing to take");
+        vm.assertEq(uint256(nodes.reputationOf(node).slashCount), 1, "the slash still counts");
+        vm.assertEq(token.balanceOf(address(vault)), 0, "nothing moved");
     }
 
     function test_RevertWhen_slashByNonSlasher() public {
@@ -972,15 +974,18 @@ contract NodeRegistryTest is Base {
         vm.assertEq(token.balanceOf(address(nodes)), n.stake + n.unbonding, "registry solvent");
     }
 
-    function testFuzz_slash_rejectsMoreThanAvailable(uint256 unbondAmount, uint256 excess) public {
+    function testFuzz_slash_moreThanAvailableTakesExactlyAll(uint256 unbondAmount, uint256 excess) public {
         uint256 total = 5000 ether;
         unbondAmount = bound(unbondAmount, 1, total);
         excess = bound(excess, 1, 1e30);
         _stake(node, total);
         _unbond(node, unbondAmount);
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.InsufficientStake.selector, total + excess, total));
+        vm.expectEmit(true, true, false, true, address(nodes));
+        emit INodeRegistry.NodeSlashed(node, slasher, total - unbondAmount, unbondAmount, "x");
         vm.prank(slasher);
-        nodes.slash(node, total + excess, "x");
+        vm.assertEq(nodes.slash(node, total + excess, "x"), total, "taken");
+        vm.assertEq(token.balanceOf(address(vault)), total, "vault received all");
+        vm.assertEq(token.balanceOf(address(nodes)), 0, "registry emptied");
     }
 
     // ------------------------------------------------------------------ reputation
@@ -1102,19 +1107,18 @@ contract NodeRegistryTest is Base {
         vm.assertEq(uint256(nodes.getNode(node).unbondingReadyAt), block.timestamp + 1 hours, "new period");
     }
 
-    function test_setSlashRecipient_storesAndEmits() public {
-        vm.expectEmit(false, false, false, true, address(nodes));
-        emit INodeRegistry.SlashRecipientChanged(address(vault), research);
+    function test_setUnbondingPeriod_lowerNeverShortensPendingUnbonding() public {
+        _stake(node, 2000 ether);
+        _unbond(node, 1000 ether);
+        uint256 readyAt = nodes.getNode(node).unbondingReadyAt;
         vm.prank(admin);
-        nodes.setSlashRecipient(research);
-        vm.assertEq(nodes.slashRecipient(), research, "recipient");
-    }
-
-    function test_RevertWhen_setSlashRecipientZero() public {
-        vm.expectRevert(abi.encodeWithSelector(INodeRegistry.ZeroAddress.selector));
-        vm.prank(admin);
-        nodes.setSlashRecipient(address(0));
-        vm.assertEq(nodes.slashRecipient(), address(vault), "unchanged");
+        nodes.setUnbondingPeriod(1 hours);
+        _unbond(node, 1);
+        vm.assertEq(uint256(nodes.getNode(node).unbondingReadyAt), readyAt, "ready time kept");
+        // Once the old ready time has passed, a new request gets the new period from now.
+        vm.warp(readyAt + 1);
+        _unbond(node, 1);
+        vm.assertEq(uint256(nodes.getNode(node).unbondingReadyAt), block.timestamp + 1 hours, "new period");
     }
 
     function test_RevertWhen_adminSettersByNonAdmin() public {
@@ -1127,9 +1131,6 @@ contract NodeRegistryTest is Base {
         vm.expectRevert(err);
         vm.prank(slasher);
         nodes.setUnbondingPeriod(1 days);
-        vm.expectRevert(err);
-        vm.prank(slasher);
-        nodes.setSlashRecipient(slasher);
         vm.assertEq(nodes.minStake(), MIN_STAKE, "min stake unchanged");
         vm.assertEq(nodes.unbondingPeriod(), UNBONDING_PERIOD, "period unchanged");
         vm.assertEq(nodes.slashRecipient(), address(vault), "recipient unchanged");
@@ -1181,10 +1182,65 @@ contract NodeRegistryTest is Base {
         nodes.deregister();
         _register(node2, "node-2", _ids(modelId));
 
-        address[] memory ops = nodes.operators();
+        address[] memory ops = _operators();
         vm.assertEq(ops.length, 2, "two operators");
         vm.assertEq(ops[0], node2, "first registered first");
         vm.assertEq(ops[1], node, "second");
+    }
+
+    function test_operatorsPage_pagesInOrder() public {
+        address[5] memory ops = [address(0x1001), address(0x1002), address(0x1003), address(0x1004), address(0x1005)];
+        for (uint256 i; i < ops.length; ++i) {
+            _stake(ops[i], MIN_STAKE);
+            _register(ops[i], string(abi.encodePacked("node-", bytes1(uint8(0x61 + i)))), _ids(modelId));
+        }
+        vm.assertEq(nodes.operatorCount(), 5, "count");
+        address[] memory page = nodes.operatorsPage(1, 2);
+        vm.assertEq(page.length, 2, "page size");
+        vm.assertEq(page[0], ops[1], "second");
+        vm.assertEq(page[1], ops[2], "third");
+        vm.assertEq(nodes.operatorsPage(4, 10).length, 1, "short last page");
+        vm.assertEq(nodes.operatorsPage(5, 10).length, 0, "past the end");
+        vm.assertEq(nodes.operatorsPage(type(uint256).max, type(uint256).max).length, 0, "far past the end");
+        vm.assertEq(nodes.operatorsPage(0, 0).length, 0, "empty page");
+    }
+
+    function test_settlementCapacity_deregisteredNodeIsPayableForOneUnbondingPeriod() public {
+        _registerNode(node, "node-1");
+        vm.prank(node);
+        nodes.deregister();
+        vm.assertEq(uint256(nodes.getNode(node).deregisteredAt), block.timestamp, "deregisteredAt");
+        vm.warp(block.timestamp + UNBONDING_PERIOD);
+        vm.assertTrue(_payable(node), "payable through the grace period");
+        vm.warp(block.timestamp + 1);
+        vm.assertFalse(_payable(node), "not after it");
+        _register(node, "node-1", _ids(modelId));
+        vm.assertTrue(_payable(node), "payable again once registered");
+        vm.assertEq(uint256(nodes.getNode(node).deregisteredAt), 0, "cleared");
+    }
+
+    function test_settlementCapacity_needsStakeToAnswerForWork() public {
+        _registerNode(node, "node-1");
+        _unbond(node, MIN_STAKE);
+        vm.assertTrue(_payable(node), "unbonding stake still answers");
+        vm.warp(block.timestamp + UNBONDING_PERIOD);
+        vm.prank(node);
+        nodes.withdrawStake();
+        vm.assertFalse(_payable(node), "no stake left");
+        _stake(node, 1);
+        vm.assertTrue(_payable(node), "any stake again");
+        vm.prank(slasher);
+        nodes.slash(node, 1, "x");
+        vm.assertFalse(_payable(node), "slashed to zero");
+    }
+
+    function test_settlementCapacity_roomIsWhatTheCountersCanStillHold() public {
+        _registerNode(node, "node-1");
+        vm.prank(address(settlement));
+        nodes.recordSettlement(node, 1000, 2 ether, 1);
+        (, uint256 tokensRoom, uint256 volumeRoom) = nodes.settlementCapacity(node);
+        vm.assertEq(tokensRoom, type(uint128).max - 1000, "tokens room");
+        vm.assertEq(volumeRoom, type(uint128).max - 2 ether, "volume room");
     }
 
     function test_getNode_emptyForUnknownOperator() public view {
@@ -1193,7 +1249,7 @@ contract NodeRegistryTest is Base {
         vm.assertEq(n.stake, 0, "no stake");
         vm.assertFalse(n.registered, "not registered");
         vm.assertFalse(nodes.isActive(stranger), "not active");
-        vm.assertFalse(nodes.isKnown(stranger), "not known");
+        vm.assertFalse(_payable(stranger), "not known");
         vm.assertEq(uint256(nodes.reputationOf(stranger).receiptsSettled), 0, "no reputation");
     }
 

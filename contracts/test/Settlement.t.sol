@@ -439,18 +439,32 @@ contract SettlementTest is Base {
 
         vm.warp(block.timestamp + 1 hours);
         ISettlement.SignedReceipt[] memory batch = new ISettlement.SignedReceipt[](2);
-        batch[0] = _signed(PAYER_PK, 0, _receipt(payer, node, 1600, 3 ether));
-        batch[1] = _signed(PAYER2_PK, 0, _receipt(payer2, node, 700, 1 ether));
+        batch[0] = _signed(PAYER_PK, 0, _receipt(payer, node, 2600, 5.2 ether));
+        batch[1] = _signed(PAYER2_PK, 0, _receipt(payer2, node, 1000, 2 ether));
         vm.expectEmit(true, false, false, true, address(nodes));
-        emit INodeRegistry.SettlementRecorded(node, 1300, 2 ether, 2);
+        emit INodeRegistry.SettlementRecorded(node, 2600, 5.2 ether, 2);
         vm.prank(node);
         settlement.settle(batch);
 
         rep = nodes.reputationOf(node);
-        vm.assertEq(rep.tokensServed, 2300, "tokens accumulate deltas");
-        vm.assertEq(rep.volumePaid, 4 ether, "volume accumulates deltas");
+        vm.assertEq(rep.tokensServed, 3600, "tokens accumulate deltas");
+        vm.assertEq(rep.volumePaid, 7.2 ether, "volume accumulates deltas");
         vm.assertEq(rep.receiptsSettled, 3, "receipts");
         vm.assertEq(rep.lastSettledAt, block.timestamp, "lastSettledAt updated");
+    }
+
+    function test_settle_creditsOnlyTokensPaidForAndCountsOnlyReceiptsWorth1k() public {
+        _deposit(payer, 100 ether);
+        uint64 before = nodes.reputationOf(node).lastSettledAt;
+        vm.warp(block.timestamp + 1 hours);
+        // 1.5 MESH at 2 MESH per 1K tokens pays for 750 tokens; the receipt claims 5,000.
+        _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 5000, 1.5 ether)));
+        INodeRegistry.Reputation memory rep = nodes.reputationOf(node);
+        vm.assertEq(rep.tokensServed, 750, "tokens bounded by the payment");
+        vm.assertEq(rep.volumePaid, 1.5 ether, "volume");
+        vm.assertEq(rep.receiptsSettled, 0, "under 1K tokens' worth: not counted");
+        vm.assertEq(rep.lastSettledAt, before, "and no recency");
+        vm.assertEq(settlement.channelOf(payer, node).tokens, 5000, "the channel keeps the receipt's count");
     }
 
     function test_settle_splitsPayment() public {
@@ -552,7 +566,9 @@ contract SettlementTest is Base {
         vm.assertEq(_balance(payers[3]), 100 ether - (5 ether + 13), "payer3");
 
         INodeRegistry.Reputation memory r1 = nodes.reputationOf(node);
-        vm.assertEq(r1.receiptsSettled, 4, "node receipts");
+        // Two of node's four receipts pay for less than 1K tokens (1 MESH + 1 wei and 0.5 MESH at
+        // 2 MESH per 1K): they are paid and credited, but not counted as receipts.
+        vm.assertEq(r1.receiptsSettled, 2, "node receipts worth 1K tokens or more");
         vm.assertEq(r1.volumePaid, run1 + run3, "node volume");
         vm.assertEq(r1.tokensServed, 500 + 1200 + 1500, "node tokens");
         INodeRegistry.Reputation memory r2 = nodes.reputationOf(node2);
@@ -676,23 +692,67 @@ contract SettlementTest is Base {
         _assertRejected(_one(s), node, 0, abi.encodeWithSelector(ISettlement.InvalidPayerSignature.selector, payer));
     }
 
-    function test_RevertWhen_UnknownNode() public {
+    function test_RevertWhen_NodeNeverRegistered() public {
         _deposit(payer, 10 ether);
         _assertRejected(
             _one(_signed(PAYER_PK, NODE2_PK, _receipt(payer, node2, 1000, 2 ether))),
             node2,
             0,
-            abi.encodeWithSelector(ISettlement.UnknownNode.selector, node2)
+            abi.encodeWithSelector(ISettlement.NodeNotPayable.selector, node2)
         );
     }
 
-    function test_settle_paysDeregisteredNode() public {
+    function test_settle_paysDeregisteredNodeWithinOneUnbondingPeriod() public {
         _deposit(payer, 10 ether);
         vm.prank(node);
         nodes.deregister();
-        (uint256 settled, uint256 paid) = _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether)));
-        vm.assertEq(settled, 1, "known node still settles what it served");
+        vm.warp(block.timestamp + UNBONDING_PERIOD);
+        ISettlement.UsageReceipt memory r = _receipt(payer, node, 1000, 2 ether);
+        (uint256 settled, uint256 paid) = _settleAs(node, _signed(PAYER_PK, 0, r));
+        vm.assertEq(settled, 1, "a node that left still settles what it served");
         vm.assertEq(paid, 2 ether, "paid");
+    }
+
+    function test_RevertWhen_NodeLeftMoreThanOneUnbondingPeriodAgo() public {
+        _deposit(payer, 10 ether);
+        vm.prank(node);
+        nodes.deregister();
+        vm.warp(block.timestamp + UNBONDING_PERIOD + 1);
+        _assertRejected(
+            _one(_signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether))),
+            node,
+            0,
+            abi.encodeWithSelector(ISettlement.NodeNotPayable.selector, node)
+        );
+    }
+
+    function test_RevertWhen_ModelNeverApproved() public {
+        _deposit(payer, 10 ether);
+        vm.prank(publisher);
+        uint256 pending = models.propose(_spec("pending", "bafkreipending"));
+        ISettlement.UsageReceipt memory r = _receipt(payer, node, 1000, 2 ether);
+        r.modelId = pending;
+        _assertRejected(
+            _one(_signed(PAYER_PK, NODE_PK, r)),
+            node,
+            0,
+            abi.encodeWithSelector(ISettlement.ModelNotBillable.selector, pending)
+        );
+        r.modelId = 999; // no such model
+        _assertRejected(
+            _one(_signed(PAYER_PK, NODE_PK, r)),
+            node,
+            0,
+            abi.encodeWithSelector(ISettlement.ModelNotBillable.selector, 999)
+        );
+    }
+
+    function test_settle_paysDeprecatedModelThatWasApproved() public {
+        _deposit(payer, 10 ether);
+        vm.prank(curator);
+        models.deprecate(modelId);
+        (uint256 settled,) = _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether)));
+        vm.assertEq(settled, 1, "work done before deprecation is paid");
     }
 
     function test_RevertWhen_StaleReceipt() public {
@@ -825,34 +885,28 @@ contract SettlementTest is Base {
 
     // ================================================================ admin
 
-    function _treasury(address dev, address hysa, address infra, address res)
-        internal
-        pure
-        returns (ISettlement.Treasury memory)
-    {
-        return ISettlement.Treasury({developers: dev, hysaVault: hysa, infrastructure: infra, research: res});
+    function _treasury(address dev, address infra, address res) internal pure returns (ISettlement.Treasury memory) {
+        return ISettlement.Treasury({developers: dev, infrastructure: infra, research: res});
     }
 
-    function test_setTreasury_redirectsFuturePayments() public {
+    function test_setTreasury_redirectsFuturePaymentsButNeverTheVault() public {
         address dev2 = address(0xD2);
-        address hysa2 = address(0xD3);
         address infra2 = address(0xD4);
         address res2 = address(0xD5);
-        vm.expectEmit(false, false, false, true, address(settlement));
-        emit ISettlement.TreasuryChanged(dev2, hysa2, infra2, res2);
+        vm.expectEmit(true, true, true, true, address(settlement));
+        emit ISettlement.TreasuryChanged(dev2, infra2, res2);
         vm.prank(admin);
-        settlement.setTreasury(_treasury(dev2, hysa2, infra2, res2));
+        settlement.setTreasury(_treasury(dev2, infra2, res2));
 
         ISettlement.Treasury memory t = settlement.treasury();
         vm.assertEq(t.developers, dev2, "developers");
-        vm.assertEq(t.hysaVault, hysa2, "hysa");
         vm.assertEq(t.infrastructure, infra2, "infra");
         vm.assertEq(t.research, res2, "research");
 
         _deposit(payer, 10 ether);
         _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether)));
         vm.assertEq(settlement.earnings(dev2), 0.5 ether, "new developers");
-        vm.assertEq(token.balanceOf(hysa2), 0.4 ether, "new vault");
+        vm.assertEq(token.balanceOf(address(vault)), 0.4 ether, "the vault is fixed");
         vm.assertEq(settlement.earnings(infra2), 0.3 ether, "new infra");
         vm.assertEq(settlement.earnings(res2), 0.2 ether, "new research");
         vm.assertEq(settlement.earnings(developers), 0, "old developers get nothing");
@@ -862,13 +916,11 @@ contract SettlementTest is Base {
         address a = address(0xD2);
         vm.startPrank(admin);
         vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
-        settlement.setTreasury(_treasury(address(0), a, a, a));
+        settlement.setTreasury(_treasury(address(0), a, a));
         vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
-        settlement.setTreasury(_treasury(a, address(0), a, a));
+        settlement.setTreasury(_treasury(a, address(0), a));
         vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
-        settlement.setTreasury(_treasury(a, a, address(0), a));
-        vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
-        settlement.setTreasury(_treasury(a, a, a, address(0)));
+        settlement.setTreasury(_treasury(a, a, address(0)));
         vm.stopPrank();
         vm.assertEq(settlement.treasury().developers, developers, "unchanged");
     }
@@ -880,7 +932,7 @@ contract SettlementTest is Base {
         vm.expectRevert(
             abi.encodeWithSelector(IAccessControl.AccessControlUnauthorizedAccount.selector, stranger, adminRole)
         );
-        settlement.setTreasury(_treasury(a, a, a, a));
+        settlement.setTreasury(_treasury(a, a, a));
     }
 
     function test_setUnlockDelay_acceptsBothBounds() public {
@@ -940,7 +992,7 @@ contract SettlementTest is Base {
     function test_RevertWhen_ConstructedWithZeroTreasury() public {
         address a = address(0xD2);
         vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
-        new Settlement(IERC20(address(token)), nodes, admin, _treasury(a, a, address(0), a), UNLOCK_DELAY);
+        new Settlement(IERC20(address(token)), nodes, admin, _treasury(a, address(0), a), UNLOCK_DELAY);
     }
 
     function test_RevertWhen_ConstructedWithDelayOutOfBounds() public {
@@ -948,7 +1000,7 @@ contract SettlementTest is Base {
         vm.expectRevert(
             abi.encodeWithSelector(ISettlement.ParameterOutOfBounds.selector, "unlockDelay", 0, 10 minutes, 30 days)
         );
-        new Settlement(IERC20(address(token)), nodes, admin, _treasury(a, a, a, a), 0);
+        new Settlement(IERC20(address(token)), nodes, admin, _treasury(a, a, a), 0);
     }
 
     function test_constructor_wiresRolesAndParameters() public view {
@@ -957,7 +1009,8 @@ contract SettlementTest is Base {
         vm.assertTrue(settlement.hasRole(settlement.DEFAULT_ADMIN_ROLE(), admin), "admin role");
         vm.assertFalse(settlement.hasRole(settlement.DEFAULT_ADMIN_ROLE(), stranger), "stranger not admin");
         vm.assertEq(settlement.unlockDelay(), UNLOCK_DELAY, "delay");
-        vm.assertEq(settlement.treasury().hysaVault, address(vault), "vault");
+        vm.assertEq(settlement.hysaVault(), address(vault), "vault is the registry's slash recipient");
+        vm.assertEq(address(settlement.models()), address(models), "models from the registry");
     }
 
     // ================================================================ EIP-712 views
@@ -1043,7 +1096,7 @@ contract SettlementTest is Base {
         vm.assertTrue(settlement.recoverRequestSigner(a, sig) != payer, "tampered auth");
     }
 
-    function test_recoverRequestSigner_returnsZeroForInvalidSignature() public view {
+    function test_RevertWhen_recoverRequestSignerGetsInvalidSignature() public {
         ISettlement.RequestAuth memory a = ISettlement.RequestAuth({
             payer: payer,
             node: node,
@@ -1054,12 +1107,19 @@ contract SettlementTest is Base {
             deadline: block.timestamp + 60
         });
         ISettlement.Signature memory empty;
-        vm.assertEq(settlement.recoverRequestSigner(a, empty), address(0), "empty signature");
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidRequestSignature.selector));
+        settlement.recoverRequestSigner(a, empty);
 
         ISettlement.Signature memory sig = _sign(PAYER_PK, settlement.hashRequestAuth(a));
         ISettlement.Signature memory highS =
             ISettlement.Signature({v: sig.v == 27 ? 28 : 27, r: sig.r, s: bytes32(SECP256K1_N - uint256(sig.s))});
-        vm.assertEq(settlement.recoverRequestSigner(a, highS), address(0), "malleable signature");
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.InvalidRequestSignature.selector));
+        settlement.recoverRequestSigner(a, highS);
+
+        // A zero payer is refused outright: no signature can make `signer == auth.payer` true.
+        a.payer = address(0);
+        vm.expectRevert(abi.encodeWithSelector(ISettlement.ZeroAddress.selector));
+        settlement.recoverRequestSigner(a, empty);
     }
 
     // ================================================================ split
@@ -1140,7 +1200,14 @@ contract SettlementTest is Base {
             settlement.split(first).node + settlement.split(second - first).node,
             "node earnings"
         );
-        _assertReputation(node, tokens2, second, 2);
+        uint256 credited1 = _min(tokens1, first * 1000 / PRICE_PER_1K);
+        uint256 credited2 = _min(tokens2 - tokens1, (second - first) * 1000 / PRICE_PER_1K);
+        uint256 counted = (first >= PRICE_PER_1K ? 1 : 0) + (second - first >= PRICE_PER_1K ? 1 : 0);
+        _assertReputation(node, credited1 + credited2, second, counted);
+    }
+
+    function _min(uint256 a, uint256 b) internal pure returns (uint256) {
+        return a < b ? a : b;
     }
 
     function _assertReputation(address operator, uint256 tokens, uint256 volume, uint256 receipts) internal view {

@@ -39,6 +39,7 @@ interface IModelRegistry {
         Status status;
         uint32 version;
         uint64 proposedAt;
+        uint64 approvedAt;
     }
 
     /// @notice A field of the spec is empty, too long or zero; `field` names it.
@@ -69,6 +70,10 @@ interface IModelRegistry {
     event ModelApproved(uint256 indexed modelId, address indexed curator);
     /// @notice A model version was deprecated; nodes should stop hosting it.
     event ModelDeprecated(uint256 indexed modelId, address indexed by);
+    /// @notice A CID whose entry was deprecated without ever being approved is free to propose again.
+    event CidReleased(uint256 indexed modelId, string cid);
+    /// @notice A name with no live and no ever-approved version is free to claim again.
+    event NameReleased(string name, address indexed previousOwner);
 
     /// @notice Proposes a model version.
     /// @param spec The model's storage, size and price facts.
@@ -79,7 +84,9 @@ interface IModelRegistry {
     /// @param modelId The model to approve.
     function approve(uint256 modelId) external;
 
-    /// @notice Deprecates a proposed or approved model (publisher or curator).
+    /// @notice Deprecates a proposed or approved model (publisher or curator). Deprecating an entry
+    ///         that was never approved releases its CID, and its name once no version of the name
+    ///         is live and none was ever approved, so a squatted proposal cannot hold them forever.
     /// @param modelId The model to deprecate.
     function deprecate(uint256 modelId) external;
 
@@ -92,6 +99,12 @@ interface IModelRegistry {
     /// @param modelId The model id.
     /// @return True when the model is approved.
     function isApproved(uint256 modelId) external view returns (bool);
+
+    /// @notice The price receipts for this model are billed and counted at: its price per 1K tokens
+    ///         once a curator approved it (also after deprecation, for work done before), else 0.
+    /// @param modelId The model id.
+    /// @return The price per 1K tokens, or 0 when the model was never approved.
+    function billablePrice(uint256 modelId) external view returns (uint256);
 
     /// @notice All version ids of a model name, oldest first.
     /// @param name The model name.

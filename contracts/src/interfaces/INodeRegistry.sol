@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.28;
 
+import {IModelRegistry} from "./IModelRegistry.sol";
+
 /// @title INodeRegistry
 /// @notice Node operators' stakes, endpoints, hosted models and reputation. An operator's address
 ///         is the node's identity: it stakes, signs usage receipts and receives the node's earnings.
@@ -16,9 +18,12 @@ interface INodeRegistry {
         uint64 unbondingReadyAt;
         uint64 registeredAt;
         bool registered;
+        uint64 deregisteredAt;
     }
 
-    /// @notice Counters that only grow through settled payments (and slashing).
+    /// @notice Counters that only grow through settled payments (and slashing). Settlement credits
+    ///         at most the tokens a payment pays for at the model's approved price, and counts a
+    ///         receipt (and refreshes lastSettledAt) only when it pays for at least 1K tokens.
     struct Reputation {
         uint128 tokensServed;
         uint128 volumePaid;
@@ -83,8 +88,6 @@ interface INodeRegistry {
     event MinStakeChanged(uint256 oldValue, uint256 newValue);
     /// @notice The unbonding period changed.
     event UnbondingPeriodChanged(uint256 oldValue, uint256 newValue);
-    /// @notice Where slashed stake goes changed.
-    event SlashRecipientChanged(address indexed oldValue, address indexed newValue);
 
     /// @notice Adds to the caller's stake (needs an ERC-20 allowance).
     /// @param amount Tokens to stake.
@@ -117,7 +120,8 @@ interface INodeRegistry {
     /// @notice Leaves the network; the stake stays until unbonded.
     function deregister() external;
 
-    /// @notice Moves stake into unbonding and restarts the caller's unbonding period.
+    /// @notice Moves stake into unbonding and restarts the caller's unbonding period; a request never
+    ///         brings an earlier ready time closer, even after the period was lowered.
     /// @param amount Tokens to unbond.
     function requestUnbond(uint256 amount) external;
 
@@ -127,11 +131,14 @@ interface INodeRegistry {
     /// @notice Withdraws the caller's unbonded stake after the unbonding period.
     function withdrawStake() external;
 
-    /// @notice Takes stake from an operator (slasher role); reaches unbonding stake too.
+    /// @notice Takes stake from an operator (slasher role), active stake first, then unbonding
+    ///         stake; takes what is there up to `amount`, so withdrawing first cannot dodge it.
+    ///         The slash is recorded in the reputation even when nothing is left to take.
     /// @param operator The node to slash.
-    /// @param amount Tokens to take.
+    /// @param amount The most to take.
     /// @param reason Why, for the record.
-    function slash(address operator, uint256 amount, string calldata reason) external;
+    /// @return taken What was taken.
+    function slash(address operator, uint256 amount, string calldata reason) external returns (uint256 taken);
 
     /// @notice Credits a node's reputation for a settled payment (settlement role only).
     /// @param operator The node.
@@ -155,12 +162,33 @@ interface INodeRegistry {
     /// @return True when routers may send it traffic.
     function isActive(address operator) external view returns (bool);
 
-    /// @notice Whether the address ever registered (settlement pays only known nodes).
+    /// @notice What settlement may still pay and credit a node. A node is payable while it is
+    ///         registered, and for one unbonding period after it deregistered (receipts for work
+    ///         done before it left), and only while it has stake to slash (active or unbonding).
     /// @param operator The node.
-    /// @return True once registered, even after deregistering.
-    function isKnown(address operator) external view returns (bool);
+    /// @return payable_ Whether receipts for this node may be paid.
+    /// @return tokensRoom How many more tokens tokensServed can count.
+    /// @return volumeRoom How much more volumePaid can count.
+    function settlementCapacity(address operator)
+        external
+        view
+        returns (bool payable_, uint256 tokensRoom, uint256 volumeRoom);
 
-    /// @notice Every operator that ever registered, in order of first registration.
-    /// @return The operators.
-    function operators() external view returns (address[] memory);
+    /// @notice The number of operators that ever registered.
+    /// @return The count.
+    function operatorCount() external view returns (uint256);
+
+    /// @notice Operators that ever registered, in order of first registration, one page at a time.
+    /// @param start Index of the first operator to return.
+    /// @param limit The most to return.
+    /// @return page Up to `limit` operators from `start` (empty past the end).
+    function operatorsPage(uint256 start, uint256 limit) external view returns (address[] memory page);
+
+    /// @notice The model registry hosted models are checked against.
+    /// @return The registry.
+    function models() external view returns (IModelRegistry);
+
+    /// @notice Where slashed stake goes: the HYSA vault, fixed at deployment.
+    /// @return The vault.
+    function slashRecipient() external view returns (address);
 }

@@ -44,7 +44,9 @@ interface ISettlement {
     }
 
     /// @notice A payer's escrow. `unlocking` is the part the payer asked to withdraw; it stays
-    ///         spendable by settlement until withdrawn, which is what lets nodes settle first.
+    ///         spendable by settlement until withdrawn, which is what lets nodes settle first. It
+    ///         can be withdrawn only from `unlockReadyAt` for UNLOCK_WINDOW; after that the unlock
+    ///         has lapsed (it no longer reserves anything) and a new request is needed.
     struct Escrow {
         uint128 balance;
         uint128 unlocking;
@@ -66,10 +68,10 @@ interface ISettlement {
         uint256 research;
     }
 
-    /// @notice Where the non-node parts of every payment go.
+    /// @notice Where the developers', infrastructure and R&D parts of every payment go. The vault's
+    ///         part goes to the HYSA vault, fixed at deployment.
     struct Treasury {
         address developers;
-        address hysaVault;
         address infrastructure;
         address research;
     }
@@ -92,8 +94,17 @@ interface ISettlement {
     error InconsistentTokens(address payer, address node, uint256 cumulativeTokens, uint256 alreadyCounted);
     /// @notice The receipt's amount is out of range.
     error AmountOutOfRange(uint256 cumulativeAmount);
-    /// @notice The node never registered in the NodeRegistry.
-    error UnknownNode(address node);
+    /// @notice The node may not be paid: it never registered, left more than one unbonding period
+    ///         ago, or has no stake left (active or unbonding) to answer for its work.
+    error NodeNotPayable(address node);
+    /// @notice The receipt's model was never approved by a curator, so it has no billable price.
+    error ModelNotBillable(uint256 modelId);
+    /// @notice Crediting this receipt would overflow the node's reputation counters.
+    error ReputationOverflow(address node);
+    /// @notice The unlock was not withdrawn within its window after it matured; request a new one.
+    error UnlockLapsed(uint256 readyAt, uint256 lapsedAt, uint256 nowTimestamp);
+    /// @notice The request authorisation's signature is malformed, malleable or recovers to nobody.
+    error InvalidRequestSignature();
     /// @notice The payer has no unlock in progress.
     error NoUnlockPending(address payer);
     /// @notice The unlock delay has not passed yet.
@@ -130,9 +141,7 @@ interface ISettlement {
     /// @notice An account withdrew its earnings.
     event EarningsWithdrawn(address indexed account, uint256 amount);
     /// @notice The treasury recipients changed.
-    event TreasuryChanged(
-        address indexed developers, address indexed hysaVault, address indexed infrastructure, address research
-    );
+    event TreasuryChanged(address indexed developers, address indexed infrastructure, address indexed research);
     /// @notice The escrow unlock delay changed.
     event UnlockDelayChanged(uint256 oldValue, uint256 newValue);
 
@@ -153,14 +162,16 @@ interface ISettlement {
     /// @param s Permit signature s.
     function depositWithPermit(uint256 amount, uint256 deadline, uint8 v, bytes32 r, bytes32 s) external;
 
-    /// @notice Starts (or restarts) an unlock of part of the caller's escrow.
+    /// @notice Starts (or restarts) an unlock of part of the caller's escrow. The ready time is one
+    ///         unlock delay away, and never earlier than that of an unlock still pending.
     /// @param amount Tokens to unlock; replaces any unlock in progress.
     function requestUnlock(uint256 amount) external;
 
     /// @notice Cancels the caller's unlock.
     function cancelUnlock() external;
 
-    /// @notice Withdraws the caller's unlocked escrow after the delay (what settlement left of it).
+    /// @notice Withdraws the caller's unlocked escrow (what settlement left of it), from the ready
+    ///         time until UNLOCK_WINDOW after it; later the unlock has lapsed.
     /// @return amount Tokens withdrawn.
     function withdraw() external returns (uint256 amount);
 
@@ -172,6 +183,7 @@ interface ISettlement {
     function settle(SignedReceipt[] calldata batch) external returns (uint256 settled, uint256 totalPaid);
 
     /// @notice Settles receipts all or nothing: the first bad receipt reverts with its custom error.
+    ///         Anyone can grief it by settling one of its receipts first; nodes use `settle`.
     /// @param batch Signed receipts.
     /// @return totalPaid The sum paid.
     function settleStrict(SignedReceipt[] calldata batch) external returns (uint256 totalPaid);
@@ -190,10 +202,11 @@ interface ISettlement {
     /// @return The digest.
     function hashRequestAuth(RequestAuth calldata auth) external view returns (bytes32);
 
-    /// @notice Who signed a request authorisation (address(0) for an invalid signature).
+    /// @notice Who signed a request authorisation; reverts with InvalidRequestSignature for a bad
+    ///         signature and ZeroAddress for a zero payer, so `signer == auth.payer` is a safe check.
     /// @param auth The authorisation.
     /// @param sig The signature.
-    /// @return The signer.
+    /// @return The signer (never the zero address).
     function recoverRequestSigner(RequestAuth calldata auth, Signature calldata sig) external view returns (address);
 
     /// @notice Splits a payment 30/25/20/15/10; the research part takes the rounding remainder.
@@ -205,6 +218,12 @@ interface ISettlement {
     /// @param payer The payer.
     /// @return The escrow.
     function escrowOf(address payer) external view returns (Escrow memory);
+
+    /// @notice What settlement can still take from a payer's escrow for new work: the balance less
+    ///         an unlock that is pending or withdrawable (a lapsed unlock reserves nothing).
+    /// @param payer The payer.
+    /// @return The amount a node may count on.
+    function availableOf(address payer) external view returns (uint256);
 
     /// @notice What a payer already paid a node.
     /// @param payer The payer.

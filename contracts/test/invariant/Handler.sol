@@ -31,7 +31,7 @@ contract Handler is Base {
     uint256 internal constant INITIAL_ESCROW = 100 ether;
     uint256 internal constant INITIAL_WALLET = 1000 ether;
 
-    // Receipt kinds; kinds below K_REPLAY are well-formed receipts (16 of 25), the rest each aim
+    // Receipt kinds; kinds below K_REPLAY are well-formed receipts (16 of 26), the rest each aim
     // at one rejection reason of Settlement._apply.
     uint256 internal constant K_REPLAY = 16;
     uint256 internal constant K_STALE = 17;
@@ -42,13 +42,18 @@ contract Handler is Base {
     uint256 internal constant K_INCONSISTENT_TOKENS = 22;
     uint256 internal constant K_UNKNOWN_NODE = 23;
     uint256 internal constant K_OUT_OF_RANGE = 24;
-    uint256 internal constant N_KINDS = 25;
+    uint256 internal constant K_UNBILLABLE_MODEL = 25;
+    uint256 internal constant N_KINDS = 26;
 
     uint256 internal constant MODE_NODE = 0; // a node submits mostly its own receipts
     uint256 internal constant MODE_RELAYER = 1; // a third party submits, node signatures needed
     uint256 internal constant MODE_MIXED = 2; // a node submits receipts of any node
 
     address public relayer = address(0x7E1A);
+    /// @dev Deposits into the vault right before a settle and redeems right after.
+    address public sandwicher = address(0x5A4D);
+    /// @dev A proposed model no curator approved: receipts for it must never pay.
+    uint256 internal unapprovedModelId;
 
     uint256[N_PAYERS] internal payerPks;
     address[N_PAYERS] internal payerAddrs;
@@ -76,7 +81,8 @@ contract Handler is Base {
         Meta[] metas;
         bytes4[] reasons; // 0 = expected to pay
         uint256[] amounts;
-        uint256[] tokens;
+        uint256[] tokens; // what reputation credits: at most what the amount pays for
+        bool[] counted; // paid for at least 1K tokens, so counted as a receipt
         uint256 settled;
         uint256 paid;
         address submitter;
@@ -115,6 +121,14 @@ contract Handler is Base {
     mapping(address => uint256) public ghost_paidToNode;
     mapping(address => uint256) public ghost_tokensToNode;
     mapping(address => uint256) public ghost_receiptsToNode;
+    mapping(address => uint256) public ghost_lastSettledAt;
+
+    /// @dev Vault round trips around a settle or slash in one block: what they gained (must stay
+    ///      zero) and what rounding left in the vault.
+    uint256 public ghost_sandwichProfit;
+    uint256 public ghost_vaultRoundTripLeft;
+    /// @dev Escrow withdrawals outside [readyAt, readyAt + UNLOCK_WINDOW], read from the contract.
+    uint256 public ghost_withdrawOutsideWindow;
 
     mapping(address => uint256) public ghost_stake;
     mapping(address => uint256) public ghost_unbonding;
@@ -158,6 +172,8 @@ contract Handler is Base {
             ghost_stake[nodeAddrs[i]] = MIN_STAKE;
             ghost_staked += MIN_STAKE;
         }
+        vm.prank(publisher);
+        unapprovedModelId = models.propose(_spec("never-approved", "bafkreinever"));
         ghost_supply = token.totalSupply();
 
         // Wallets and allowances up front, so almost every fuzzed call does something.
@@ -231,7 +247,8 @@ contract Handler is Base {
         vm.prank(p);
         try settlement.requestUnlock(amount) {
             ghost_unlocking[p] = amount;
-            ghost_unlockReadyAt[p] = block.timestamp + UNLOCK_DELAY;
+            uint256 readyAt = block.timestamp + UNLOCK_DELAY;
+            if (readyAt > ghost_unlockReadyAt[p]) ghost_unlockReadyAt[p] = readyAt;
             _count("requestUnlock");
         } catch {
             _unexpected("requestUnlock reverted");
@@ -255,20 +272,27 @@ contract Handler is Base {
         _afterAction();
     }
 
-    /// @param warpBy Seconds to advance first (up to twice the unlock delay, so about half succeed).
+    /// @param warpBy Seconds to advance first (up to three times the unlock delay, so some are
+    ///        early, some in the window and some after the unlock lapsed).
     function withdraw(uint256 payerSeed, uint256 warpBy) external {
         address p = payerAddrs[payerSeed % N_PAYERS];
         if (ghost_unlockReadyAt[p] == 0) {
             _count("withdraw.skipped");
             return;
         }
-        vm.warp(block.timestamp + bound(warpBy, 0, 2 * UNLOCK_DELAY));
-        bool ready = block.timestamp >= ghost_unlockReadyAt[p];
+        vm.warp(block.timestamp + bound(warpBy, 0, 3 * UNLOCK_DELAY));
+        uint256 readyAt = ghost_unlockReadyAt[p];
+        bool ready = block.timestamp >= readyAt;
+        bool lapsed = block.timestamp > readyAt + settlement.UNLOCK_WINDOW();
+        uint256 onChainReadyAt = settlement.escrowOf(p).unlockReadyAt;
         uint256 expected = ghost_unlocking[p] < ghost_escrow[p] ? ghost_unlocking[p] : ghost_escrow[p];
         uint256 walletBefore = token.balanceOf(p);
         vm.prank(p);
         try settlement.withdraw() returns (uint256 amount) {
-            if (!ready) _unexpected("withdraw before readyAt succeeded");
+            if (block.timestamp < onChainReadyAt || block.timestamp > onChainReadyAt + settlement.UNLOCK_WINDOW()) {
+                ghost_withdrawOutsideWindow += 1;
+            }
+            if (!ready || lapsed) _unexpected("withdraw outside its window succeeded");
             if (amount != expected || token.balanceOf(p) - walletBefore != amount) _unexpected("withdraw amount");
             ghost_escrow[p] -= amount;
             ghost_escrowWithdrawn += amount;
@@ -276,8 +300,9 @@ contract Handler is Base {
             ghost_unlockReadyAt[p] = 0;
             _count("withdraw");
         } catch (bytes memory err) {
-            if (ready || bytes4(err) != ISettlement.UnlockNotReady.selector) _unexpected("withdraw reverted");
-            _count("withdraw.notReady");
+            bytes4 expectedErr = lapsed ? ISettlement.UnlockLapsed.selector : ISettlement.UnlockNotReady.selector;
+            if ((ready && !lapsed) || bytes4(err) != expectedErr) _unexpected("withdraw reverted");
+            _count(lapsed ? "withdraw.lapsed" : "withdraw.notReady");
         }
         _afterAction();
     }
@@ -315,7 +340,8 @@ contract Handler is Base {
         try nodes.requestUnbond(amount) {
             ghost_stake[op] -= amount;
             ghost_unbonding[op] += amount;
-            ghost_unbondReadyAt[op] = block.timestamp + UNBONDING_PERIOD;
+            uint256 readyAt = block.timestamp + UNBONDING_PERIOD;
+            if (readyAt > ghost_unbondReadyAt[op]) ghost_unbondReadyAt[op] = readyAt;
             _count("requestUnbond");
         } catch {
             _unexpected("requestUnbond reverted");
@@ -370,30 +396,56 @@ contract Handler is Base {
         _afterAction();
     }
 
+    /// @dev Mostly takes up to a quarter of what is there; one in eight asks for more than there is
+    ///      (a slash takes what is there, up to the amount), which leaves the node unpayable.
     function slash(uint256 opSeed, uint256 amount) external {
-        address op = nodeAddrs[opSeed % N_NODES];
+        _slash(nodeAddrs[opSeed % N_NODES], amount);
+        _afterAction();
+    }
+
+    function _slash(address op, uint256 amount) internal {
         uint256 available = ghost_stake[op] + ghost_unbonding[op];
-        if (available == 0) {
-            _count("slash.skipped");
-            return;
-        }
-        amount = bound(amount, 1, available);
+        amount = (amount >> 200) % 8 == 0
+            ? bound(amount, available + 1, 2 * available + 1)
+            : bound(amount, 1, available / 4 + 1);
         uint256 vaultBefore = token.balanceOf(address(vault));
         vm.prank(slasher);
-        try nodes.slash(op, amount, "invariant") {
+        try nodes.slash(op, amount, "invariant") returns (uint256 taken) {
             uint256 fromStake = amount < ghost_stake[op] ? amount : ghost_stake[op];
+            uint256 fromUnbonding = amount - fromStake < ghost_unbonding[op] ? amount - fromStake : ghost_unbonding[op];
+            if (taken != fromStake + fromUnbonding) _unexpected("slash took other than what was there");
             ghost_stake[op] -= fromStake;
-            ghost_unbonding[op] -= amount - fromStake;
-            ghost_slashed += amount;
+            ghost_unbonding[op] -= fromUnbonding;
+            ghost_slashed += taken;
             ghost_slashCount[op] += 1;
-            ghost_slashedFrom[op] += amount;
+            ghost_slashedFrom[op] += taken;
             uint256 received = token.balanceOf(address(vault)) - vaultBefore;
-            if (received != amount) _unexpected("slash did not reach the vault");
+            if (received != taken) _unexpected("slash did not reach the vault");
             ghost_vaultFromSlash += received;
             _count("slash");
         } catch {
             _unexpected("slash reverted");
         }
+    }
+
+    // ------------------------------------------------------------ vault
+
+    /// @notice Deposits into the vault, lets income arrive (a settle of a node's batch, or a
+    ///         slash), and redeems every share, all in one block: a sandwich must earn nothing.
+    function vaultSandwich(uint256 seed, uint256 amount) external {
+        amount = bound(amount, 1 ether, 100_000 ether);
+        _topUp(sandwicher, amount);
+        vm.startPrank(sandwicher);
+        token.approve(address(vault), amount);
+        uint256 shares = vault.deposit(amount, sandwicher);
+        vm.stopPrank();
+        if (seed % 4 == 0) _slash(nodeAddrs[(seed >> 8) % N_NODES], seed >> 16);
+        else _settle(seed, MAX_BATCH, MODE_NODE, false);
+        vm.prank(sandwicher);
+        uint256 out = vault.redeem(shares, sandwicher, sandwicher);
+        if (out > amount) ghost_sandwichProfit += out - amount;
+        else ghost_vaultRoundTripLeft += amount - out;
+        _count("vaultSandwich");
         _afterAction();
     }
 
@@ -446,6 +498,7 @@ contract Handler is Base {
         size = bound(size, 1, MAX_BATCH);
         uint256 submitterIdx = seed % N_REGISTERED;
         Batch memory b = _newBatch(size);
+        b.counted = new bool[](size);
         b.submitter = mode == MODE_RELAYER ? relayer : nodeAddrs[submitterIdx];
         Sim memory sim = _loadSim();
         for (uint256 i; i < size; ++i) {
@@ -456,6 +509,7 @@ contract Handler is Base {
             b.metas[i] = m;
             b.receipts[i] = _build(rs, m, b.submitter, sim);
             (b.reasons[i], b.amounts[i], b.tokens[i]) = _predict(b.receipts[i], m, b.submitter, sim);
+            b.counted[i] = b.amounts[i] >= PRICE_PER_1K;
             if (b.reasons[i] == bytes4(0)) {
                 b.settled += 1;
                 b.paid += b.amounts[i];
@@ -553,7 +607,10 @@ contract Handler is Base {
             ghost_channelTokens[r.payer][r.node] = r.cumulativeTokens;
             ghost_paidToNode[r.node] += b.amounts[i];
             ghost_tokensToNode[r.node] += b.tokens[i];
-            ghost_receiptsToNode[r.node] += 1;
+            if (b.counted[i]) {
+                ghost_receiptsToNode[r.node] += 1;
+                ghost_lastSettledAt[r.node] = block.timestamp;
+            }
             uint256 pair = b.metas[i].pi * N_NODES + b.metas[i].ni;
             lastAccepted[pair] = b.receipts[i];
             hasLastAccepted[pair] = true;
@@ -628,10 +685,10 @@ contract Handler is Base {
         uint256 delta;
         if ((rs >> 240) % 64 == 0 && sim.escrow[m.pi] != 0) delta = sim.escrow[m.pi]; // drains it exactly
         else if ((rs >> 48) % 4 == 0) delta = bound(rs >> 56, 1, 9); // every split part rounds
-        else delta = bound(rs >> 56, 1, 2 ether);
+        else delta = bound(rs >> 56, 1, 2 * PRICE_PER_1K); // about half pay for 1K tokens or more
         r.payer = payerAddrs[m.pi];
         r.node = nodeAddrs[m.ni];
-        r.modelId = modelId;
+        r.modelId = m.kind == K_UNBILLABLE_MODEL ? (edge ? unapprovedModelId : 999) : modelId;
         r.cumulativeAmount = paidAmount + delta;
         r.cumulativeTokens = paidTokens + bound(rs >> 120, 0, 5000);
         // Valid through expiry inclusive.
@@ -657,9 +714,12 @@ contract Handler is Base {
     {
         ISettlement.UsageReceipt memory r = s.receipt;
         uint256 pair = m.pi * N_NODES + m.ni;
-        if (m.ni >= N_REGISTERED) return (ISettlement.UnknownNode.selector, 0, 0);
+        if (m.ni >= N_REGISTERED || ghost_stake[r.node] + ghost_unbonding[r.node] == 0) {
+            return (ISettlement.NodeNotPayable.selector, 0, 0);
+        }
         if (block.timestamp > r.expiry) return (ISettlement.ReceiptExpired.selector, 0, 0);
         if (r.cumulativeAmount > type(uint128).max) return (ISettlement.AmountOutOfRange.selector, 0, 0);
+        if (r.modelId != modelId) return (ISettlement.ModelNotBillable.selector, 0, 0);
         if (!m.payerSigOk) return (ISettlement.InvalidPayerSignature.selector, 0, 0);
         if (submitter != r.node && !m.nodeSigOk) return (ISettlement.InvalidNodeSignature.selector, 0, 0);
         if (r.cumulativeAmount <= sim.chAmount[pair]) return (ISettlement.StaleReceipt.selector, 0, 0);
@@ -669,6 +729,8 @@ contract Handler is Base {
         amount = r.cumulativeAmount - sim.chAmount[pair];
         if (amount > sim.escrow[m.pi]) return (ISettlement.InsufficientEscrow.selector, 0, 0);
         tokens = r.cumulativeTokens - sim.chTokens[pair];
+        uint256 paidFor = amount * 1000 / PRICE_PER_1K;
+        if (paidFor < tokens) tokens = paidFor;
         sim.escrow[m.pi] -= amount;
         sim.chAmount[pair] = r.cumulativeAmount;
         sim.chTokens[pair] = r.cumulativeTokens;
@@ -784,7 +846,7 @@ contract Handler is Base {
     /// @notice Every address that can ever hold the token in this fixture.
     function holders() external view returns (address[] memory list) {
         address[] memory e = earners();
-        list = new address[](N_PAYERS + e.length + 9);
+        list = new address[](N_PAYERS + e.length + 10);
         uint256 k;
         for (uint256 i; i < N_PAYERS; ++i) {
             list[k++] = payerAddrs[i];
@@ -801,5 +863,6 @@ contract Handler is Base {
         list[k++] = slasher;
         list[k++] = address(this);
         list[k++] = address(models);
+        list[k++] = sandwicher;
     }
 }

@@ -40,7 +40,7 @@ contract InvariantsTest {
     }
 
     function targetSelectors() public view returns (FuzzSelector[] memory targets) {
-        bytes4[] memory s = new bytes4[](16);
+        bytes4[] memory s = new bytes4[](17);
         s[0] = Handler.deposit.selector;
         s[1] = Handler.depositFor.selector;
         s[2] = Handler.requestUnlock.selector;
@@ -57,6 +57,7 @@ contract InvariantsTest {
         s[13] = Handler.settleByRelayer.selector;
         s[14] = Handler.settleMixed.selector;
         s[15] = Handler.settleStrict.selector;
+        s[16] = Handler.vaultSandwich.selector;
         targets = new FuzzSelector[](1);
         targets[0] = FuzzSelector({addr: address(handler), selectors: s});
     }
@@ -113,8 +114,9 @@ contract InvariantsTest {
             "stake != staked - withdrawn - slashed"
         );
         // Every listed operator is one of the stakers summed above.
-        address[] memory ops = nodes.operators();
+        address[] memory ops = nodes.operatorsPage(0, 100);
         vm.assertEq(ops.length, handler.N_REGISTERED(), "operators");
+        vm.assertEq(nodes.operatorCount(), handler.N_REGISTERED(), "operator count");
         for (uint256 i; i < ops.length; ++i) {
             vm.assertEq(ops[i], stakers[i], "operator order");
         }
@@ -154,10 +156,11 @@ contract InvariantsTest {
         vm.assertEq(_credited(infra), handler.ghost_expInfrastructure(), "infrastructure part");
         vm.assertEq(_credited(res), handler.ghost_expResearch(), "research part");
         vm.assertEq(handler.ghost_vaultFromSettlement(), handler.ghost_expHysa(), "vault part");
-        // Nothing else reaches the vault: its balance is the settlement parts plus slashed stake.
+        // Nothing else reaches the vault: its balance is the settlement parts plus slashed stake
+        // (plus the rounding that same-block round trips left behind).
         vm.assertEq(
             token.balanceOf(address(vault)),
-            handler.ghost_vaultFromSettlement() + handler.ghost_vaultFromSlash(),
+            handler.ghost_vaultFromSettlement() + handler.ghost_vaultFromSlash() + handler.ghost_vaultRoundTripLeft(),
             "vault balance"
         );
         vm.assertEq(handler.ghost_vaultFromSlash(), handler.ghost_slashed(), "slashed stake not in the vault");
@@ -188,9 +191,23 @@ contract InvariantsTest {
             vm.assertEq(rep.volumePaid, handler.ghost_paidToNode(stakers[i]), "volumePaid != payments");
             vm.assertEq(rep.tokensServed, handler.ghost_tokensToNode(stakers[i]), "tokensServed");
             vm.assertEq(rep.receiptsSettled, handler.ghost_receiptsToNode(stakers[i]), "receiptsSettled");
+            vm.assertEq(rep.lastSettledAt, handler.ghost_lastSettledAt(stakers[i]), "lastSettledAt");
             vm.assertEq(rep.slashCount, handler.ghost_slashCount(stakers[i]), "slashCount");
             vm.assertEq(rep.totalSlashed, handler.ghost_slashedFrom(stakers[i]), "totalSlashed");
         }
+    }
+
+    /// @notice Income reaches vault holders over time: a deposit made right before a settle or a
+    ///         slash and redeemed right after, in the same block, never gets back more than it put in.
+    function property_noSameBlockVaultProfit() public view {
+        vm.assertEq(handler.ghost_sandwichProfit(), 0, "a same-block vault round trip made a profit");
+        vm.assertLe(vault.totalAssets(), token.balanceOf(address(vault)), "totalAssets counts unvested income");
+    }
+
+    /// @notice An escrow unlock is withdrawn only inside its window [readyAt, readyAt + UNLOCK_WINDOW],
+    ///         so nodes always see it coming at least one unlock delay ahead.
+    function property_unlockWithdrawnOnlyInWindow() public view {
+        vm.assertEq(handler.ghost_withdrawOutsideWindow(), 0, "an unlock was withdrawn outside its window");
     }
 
     /// @notice Tokens are only moved, never created or lost: the holders' balances sum to the
@@ -233,13 +250,15 @@ contract InvariantsTest {
             handler.depositFor(round, round + 1, 3 ether);
             handler.requestUnlock(round, seed);
             if (round % 4 == 3) handler.cancelUnlock(round);
-            handler.withdraw(round + 2, round % 2 == 0 ? 2 days : 0);
+            // In the window, early, or after the unlock lapsed.
+            handler.withdraw(round, round % 2 == 0 ? 1 days + 1 hours : (round % 3 == 0 ? 0 : 3 days));
             handler.stake(round, 100 ether);
             handler.requestUnbond(round, seed);
             if (round % 5 == 4) handler.cancelUnbond(round);
             handler.withdrawStake(round + 1, round % 2 == 0 ? 14 days : 0);
             handler.slash(round, seed >> 4);
             handler.withdrawEarnings(round);
+            handler.vaultSandwich(seed, 1000 ether + round * 7 ether);
             handler.warp(seed);
             _checkAll();
         }
@@ -247,20 +266,21 @@ contract InvariantsTest {
         vm.assertGt(handler.ghost_settleCallsThatPaid(), 10, "settles that paid");
         vm.assertGt(handler.ghost_receiptsAccepted(), 50, "receipts paid");
         vm.assertGt(handler.ghost_runs(), handler.ghost_settleCallsThatPaid(), "several runs per batch");
-        bytes4[8] memory reasons = [
+        bytes4[9] memory reasons = [
             ISettlement.StaleReceipt.selector,
             ISettlement.InsufficientEscrow.selector,
             ISettlement.ReceiptExpired.selector,
             ISettlement.InvalidPayerSignature.selector,
             ISettlement.InvalidNodeSignature.selector,
             ISettlement.InconsistentTokens.selector,
-            ISettlement.UnknownNode.selector,
-            ISettlement.AmountOutOfRange.selector
+            ISettlement.NodeNotPayable.selector,
+            ISettlement.AmountOutOfRange.selector,
+            ISettlement.ModelNotBillable.selector
         ];
         for (uint256 i; i < reasons.length; ++i) {
             vm.assertGt(handler.rejectedBy(reasons[i]), 0, "every rejection reason occurs");
         }
-        string[10] memory done = [
+        string[12] memory done = [
             "settle",
             "settleStrict",
             "settleStrict.reverted",
@@ -270,7 +290,9 @@ contract InvariantsTest {
             "cancelUnbond",
             "slash",
             "withdrawEarnings",
-            "depositFor"
+            "depositFor",
+            "vaultSandwich",
+            "withdraw.lapsed"
         ];
         for (uint256 i; i < done.length; ++i) {
             vm.assertGt(handler.callCount(done[i]), 0, done[i]);
@@ -285,6 +307,8 @@ contract InvariantsTest {
         property_paidNeverDecreases();
         property_reputationMatchesPayments();
         property_tokenSupplyConserved();
+        property_noSameBlockVaultProfit();
+        property_unlockWithdrawnOnlyInWindow();
         property_handlerMatchesModel();
     }
 
@@ -305,15 +329,18 @@ contract InvariantsTest {
         emit log_named_uint("rejected bad payer sig", handler.rejectedBy(ISettlement.InvalidPayerSignature.selector));
         emit log_named_uint("rejected bad node sig", handler.rejectedBy(ISettlement.InvalidNodeSignature.selector));
         emit log_named_uint("rejected tokens", handler.rejectedBy(ISettlement.InconsistentTokens.selector));
-        emit log_named_uint("rejected unknown node", handler.rejectedBy(ISettlement.UnknownNode.selector));
+        emit log_named_uint("rejected unpayable node", handler.rejectedBy(ISettlement.NodeNotPayable.selector));
+        emit log_named_uint("rejected unbillable model", handler.rejectedBy(ISettlement.ModelNotBillable.selector));
         emit log_named_uint("rejected out of range", handler.rejectedBy(ISettlement.AmountOutOfRange.selector));
-        string[14] memory names = [
+        string[16] memory names = [
             "deposit",
             "depositFor",
             "requestUnlock",
             "cancelUnlock",
             "withdraw",
             "withdraw.notReady",
+            "withdraw.lapsed",
+            "vaultSandwich",
             "stake",
             "requestUnbond",
             "cancelUnbond",

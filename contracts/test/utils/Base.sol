@@ -68,9 +68,7 @@ abstract contract Base {
             IERC20(address(token)),
             nodes,
             admin,
-            ISettlement.Treasury({
-                developers: developers, hysaVault: address(vault), infrastructure: infrastructure, research: research
-            }),
+            ISettlement.Treasury({developers: developers, infrastructure: infrastructure, research: research}),
             UNLOCK_DELAY
         );
         nodes.grantRole(nodes.SETTLEMENT_ROLE(), address(settlement));
