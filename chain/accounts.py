@@ -78,7 +78,11 @@ def create_keystore(path: Path, password: str, private_key: bytes | None = None)
 
 
 def _write_private(path: Path, content: bytes) -> None:
-    """Create `path` (exclusively) readable only by its owner, and fsync it."""
+    """Create `path` (exclusively) readable only by its owner, and fsync it and its directory.
+
+    The directory too: the file's data can be on disk while its directory entry is not, and a crash
+    would then lose a key whose address was already printed (and perhaps funded).
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
@@ -89,6 +93,11 @@ def _write_private(path: Path, content: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_keystore(path: Path, password: str) -> LocalAccount:
@@ -117,6 +126,10 @@ def _read_keystore(path: Path) -> dict:
         raise KeystoreError(
             f"keystore {path} is unreadable or not JSON ({exc}); restore it from a backup"
         ) from exc
+    if isinstance(document, dict) and "crypto" not in document and "Crypto" in document:
+        # Older geth and pyethereum wrote the section as "Crypto"; the v3 format is the same.
+        document = {**document, "crypto": document["Crypto"]}
+        del document["Crypto"]
     if not isinstance(document, dict) or document.get("version") != 3 or "crypto" not in document:
         raise KeystoreError(
             f"keystore {path} is not a Web3 Secret Storage v3 file (version 3 with a crypto section); "
@@ -125,10 +138,10 @@ def _read_keystore(path: Path) -> dict:
     return document
 
 
-def _warn_if_readable_by_others(path: Path) -> None:
+def _warn_if_readable_by_others(path: Path, what: str = "keystore") -> None:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("keystore_permissions path=%s mode=%o fix='chmod 600 %s'", path, mode & 0o777, path)
+        log.warning("%s_permissions path=%s mode=%o fix='chmod 600 %s'", what, path, mode & 0o777, path)
 
 
 # --- passwords --------------------------------------------------------------------------------------
@@ -159,6 +172,7 @@ def _password_from_file(path: Path) -> str:
     text = text.removesuffix("\n").removesuffix("\r")
     if not text:
         raise KeystoreError(f"password file {path} is empty: write the keystore password into it")
+    _warn_if_readable_by_others(path, "password_file")
     return text
 
 

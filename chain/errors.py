@@ -36,7 +36,40 @@ class ChainError(Exception):
 
 
 class TxTimeout(ChainError):  # noqa: N818 - the public name scripts use
-    """A sent transaction was not mined in time; it may still be mined later."""
+    """A sent transaction was not mined in time; it may still be mined later.
+
+    `tx_hash` is the last hash sent for the call (`earlier` holds hashes it replaced with higher
+    fees, any of which may still be mined), `nonce` its nonce, `waited` the seconds waited and
+    `reason` what stood in the way, when known (the node unreachable, the fee cap).
+    """
+
+    def __init__(
+        self,
+        tx_hash: str,
+        waited: float,
+        *,
+        nonce: int | None = None,
+        earlier: tuple[str, ...] = (),
+        reason: str = "",
+    ) -> None:
+        self.tx_hash, self.waited, self.nonce = tx_hash, waited, nonce
+        self.earlier, self.reason = earlier, reason
+        nonce_text = "" if nonce is None else f" (nonce {nonce})"
+        also = f"; it replaced {', '.join(earlier)}" if earlier else ""
+        because = f" ({reason})" if reason else ""
+        super().__init__(
+            f"transaction {tx_hash}{nonce_text} was not mined within {waited:g} s{because}{also}; it may "
+            "still be mined: look it up by hash before sending it again"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_tx_timeout, (self.tx_hash, self.waited, self.nonce, self.earlier, self.reason))
+
+
+def _rebuild_tx_timeout(
+    tx_hash: str, waited: float, nonce: int | None, earlier: tuple[str, ...], reason: str
+) -> TxTimeout:
+    return TxTimeout(tx_hash, waited, nonce=nonce, earlier=earlier, reason=reason)
 
 
 class GasCapExceeded(ChainError):  # noqa: N818 - the public name scripts use
@@ -139,7 +172,9 @@ HINTS: dict[str, str] = {
     # Not custom errors, but reported the same way
     "Panic": "a contract bug or impossible input: report it with the transaction",
     "OutOfGas": "the transaction ran out of gas; send it again with more gas (gas_margin or explicit gas)",
-    "UnknownError": "the revert data matches no known error: are the artifacts current (make contracts)?",
+    "UnknownError": "no contract of this project declares this error: the contract that reverted may be "
+    "an external one (a token or another protocol; look its selector up there), or, if it is one of "
+    "ours, the artifacts are stale (make contracts)",
 }
 
 _NO_DATA_HINT = (
@@ -213,7 +248,10 @@ class RevertError(ChainError):
     def __str__(self) -> str:
         text = f"{self.name}({_format_args(self.name, self._args)})"
         if self.name == "UnknownError":
-            text += f" data=0x{self.data.hex()}" if self.data else " without revert data"
+            if self.data:
+                text += f" selector=0x{self.selector.hex()} data=0x{self.data.hex()}"
+            else:
+                text += " without revert data"
         if self.hint:
             text += f": {self.hint}"
         if self.tx_hash:

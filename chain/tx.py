@@ -13,6 +13,16 @@ a word. Senders on other machines can still collide: a node refusal ("nonce too 
 with a fresh nonce, and a receipt wait longer than `stall_timeout` checks whether the transaction is
 stranded: its nonce taken by another transaction (it is sent again, with a new nonce), dropped by the
 node (broadcast again), or queued behind a nonce nobody sent (the gap is filled with empty transfers).
+
+Fees. A transaction signed with a fee cap below the current base fee (a base-fee spike) can never be
+mined, and nodes drop it and refuse the same bytes again. The stall check then signs the same nonce
+and call again with fees that cover the new base fee and beat the old ones by the replacement margin
+(12.5%), up to the sender's `max_fee_per_gas`; every hash sent for the call is watched, since any one
+of them may be the one mined.
+
+Outages. While a receipt is awaited, connection errors do not end the wait: the sender keeps polling
+until `receipt_timeout`, then raises TxTimeout with the hash, because the transaction may well be
+mined meanwhile and sending the call again could pay twice.
 """
 
 from __future__ import annotations
@@ -63,10 +73,16 @@ DEFAULT_NONCE_LOCK_DIR = _CACHE_DIR / "llm-mesh" / "nonce-locks"
 
 @dataclass(frozen=True)
 class _Sent:
-    """A transaction the node accepted: every signed field (nonce and fees included) and its hash."""
+    """A transaction the node accepted: every signed field (nonce and fees included) and its hash,
+    and the hashes of the same call and nonce it replaced with higher fees (any may be mined)."""
 
     tx: dict[str, Any]
     tx_hash: str
+    earlier: tuple[str, ...] = ()
+
+    @property
+    def hashes(self) -> tuple[str, ...]:
+        return (self.tx_hash, *self.earlier)
 
     @property
     def nonce(self) -> int:
@@ -90,6 +106,7 @@ class TxSender:
         stall_timeout: float = 10.0,
         nonce_lock_dir: str | os.PathLike[str] | None = DEFAULT_NONCE_LOCK_DIR,
         nonce_lock_timeout: float = 60.0,
+        max_fee_per_gas: int = 1_000 * 10**9,
     ) -> None:
         """`nonce_retry_backoff` is the base of the random, doubling wait between nonce retries.
 
@@ -98,6 +115,8 @@ class TxSender:
         it. `nonce_lock_dir`: where the per-key lock files live (None: no cross-process lock; the
         nonce then comes from a counter of this sender, resynchronised on conflicts).
         `nonce_lock_timeout`: how long to wait for another process holding the lock.
+        `max_fee_per_gas`: the most (wei per gas) a repriced transaction may offer after a base-fee
+        spike; past it the sender waits for the base fee to fall instead.
         """
         if gas_margin < 1:
             raise ChainError(f"gas_margin must be at least 1 (got {gas_margin})")
@@ -112,6 +131,7 @@ class TxSender:
         self.stall_timeout = stall_timeout
         self.nonce_lock_dir = None if nonce_lock_dir is None or fcntl is None else Path(nonce_lock_dir)
         self.nonce_lock_timeout = nonce_lock_timeout
+        self.max_fee_per_gas = max_fee_per_gas
         self._lock = threading.Lock()
         self._nonce: int | None = None
         self._chain_id: int | None = None
@@ -322,28 +342,53 @@ class TxSender:
     # --- waiting, and repairing a stranded transaction ------------------------------------------------
 
     def _wait(self, sent: _Sent) -> TxReceipt:
-        """Poll for the receipt; every `stall_timeout` s without one, check that it is not stranded."""
+        """Poll for the receipt; every `stall_timeout` s without one, check that it is not stranded.
+
+        A connection error (an RPC outage) does not end the wait: the transaction may be mined while
+        the node is out of reach, so the sender keeps polling until the deadline.
+        """
         start = time.monotonic()
         deadline, next_check = start + self.receipt_timeout, start + self.stall_timeout
         suspicion: str | None = None  # what the last stall check found, to confirm before acting
+        unreachable: str | None = None  # the last connection error, while the node is out of reach
         while True:
-            receipt = self._receipt(sent.tx_hash)
+            try:
+                receipt = self._mined_receipt(sent)
+                if receipt is not None:
+                    return receipt
+                if time.monotonic() >= next_check:
+                    sent, suspicion = self._check_stalled(sent, suspicion)
+                    next_check = time.monotonic() + self.stall_timeout
+                if unreachable is not None:
+                    log.info("tx_wait_rpc_back hash=%s", sent.tx_hash)
+                unreachable = None
+            except OSError as exc:  # requests' connection errors and timeouts are OSErrors
+                if unreachable is None:
+                    log.warning(
+                        "tx_wait_rpc_unreachable hash=%s nonce=%d error=%r: still waiting, it may be mined",
+                        sent.tx_hash, sent.nonce, redact(str(exc)),
+                    )  # fmt: skip
+                unreachable = redact(str(exc))
+            if time.monotonic() >= deadline:
+                reason = f"the node was unreachable at the end: {unreachable}" if unreachable else ""
+                if not reason and self._underpriced_beyond_cap(sent):
+                    reason = f"the base fee is above the fee cap of {self.max_fee_per_gas} wei per gas"
+                raise TxTimeout(
+                    sent.tx_hash, self.receipt_timeout, nonce=sent.nonce, earlier=sent.earlier, reason=reason
+                )
+            time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+
+    def _mined_receipt(self, sent: _Sent) -> TxReceipt | None:
+        """The receipt of whichever hash of this call was mined, if one was."""
+        for tx_hash in sent.hashes:
+            receipt = self._receipt(tx_hash)
             if receipt is not None:
                 log.info(
                     "tx_mined hash=%s status=%d block=%d gas_used=%d",
-                    sent.tx_hash, receipt["status"], receipt["blockNumber"], receipt["gasUsed"],
+                    tx_hash, receipt["status"], receipt["blockNumber"], receipt["gasUsed"],
                 )  # fmt: skip
                 return receipt
-            now = time.monotonic()
-            if now >= deadline:
-                raise TxTimeout(
-                    f"transaction {sent.tx_hash} was not mined within {self.receipt_timeout:g} s; it may "
-                    "still be mined: look it up by hash before sending it again"
-                )
-            if now >= next_check:
-                sent, suspicion = self._check_stalled(sent, suspicion)
-                next_check = time.monotonic() + self.stall_timeout
-            time.sleep(max(0.0, min(self.poll_interval, deadline - time.monotonic())))
+        return None
 
     def _check_stalled(self, sent: _Sent, suspicion: str | None) -> tuple[_Sent, str | None]:
         """Why is `sent` not mined yet? Repair what cannot repair itself; return what to wait for.
@@ -357,7 +402,7 @@ class TxSender:
         if known is not None and known.get("blockNumber") is not None:
             return sent, None  # mined: the next receipt poll returns it
         if latest > sent.nonce:  # another transaction with our nonce was mined: ours never will be
-            if self._receipt(sent.tx_hash) is not None:
+            if self._mined_receipt(sent) is not None:  # unless it was one of our own replacements
                 return sent, None
             if suspicion != "taken":
                 log.warning(
@@ -372,6 +417,9 @@ class TxSender:
             )  # fmt: skip
             unsigned = {k: v for k, v in sent.tx.items() if k != "nonce" and k not in _FEE_FIELDS}
             return self._sign_and_send({**unsigned, **self._fees()}), None
+        repriced = self._reprice_if_underpriced(sent)
+        if repriced is not None:
+            return repriced, None
         pending = self._chain_nonce() if latest < sent.nonce else latest
         if known is None and pending <= sent.nonce:  # the node forgot it and nobody replaced it
             self._rebroadcast(sent)
@@ -390,6 +438,50 @@ class TxSender:
             return sent, "gap"
         self._fill_gap(sent.nonce)
         return sent, None
+
+    def _base_fee(self) -> int | None:
+        return self.w3.eth.get_block("latest").get("baseFeePerGas")
+
+    def _underpriced_beyond_cap(self, sent: _Sent) -> bool:
+        """Whether the call can only be mined at fees above the sender's cap (for the timeout message)."""
+        try:
+            base_fee = self._base_fee()
+        except OSError:
+            return False
+        return base_fee is not None and "maxFeePerGas" in sent.tx and base_fee > self.max_fee_per_gas
+
+    def _reprice_if_underpriced(self, sent: _Sent) -> _Sent | None:
+        """After a base-fee spike, sign the same call and nonce again with fees that can be mined.
+
+        The new fees cover twice the current base fee plus the tip, and beat the old ones by 12.5%
+        (nodes accept a replacement only above a margin; geth's is 10%), never above the cap.
+        """
+        base_fee = self._base_fee()
+        old_max = sent.tx.get("maxFeePerGas")
+        if base_fee is None or old_max is None or old_max >= base_fee:
+            return None
+        fees = self._fees()
+        tip = max(fees["maxPriorityFeePerGas"], _bumped(sent.tx["maxPriorityFeePerGas"]))
+        max_fee = max(fees["maxFeePerGas"], _bumped(old_max), tip)
+        if max_fee > self.max_fee_per_gas:
+            log.warning(
+                "tx_underpriced hash=%s nonce=%d base_fee=%d needed_max_fee=%d cap=%d: waiting for the base "
+                "fee to fall (raise max_fee_per_gas to pay more)",
+                sent.tx_hash, sent.nonce, base_fee, max_fee, self.max_fee_per_gas,
+            )  # fmt: skip
+            return None
+        tx = {**sent.tx, "maxFeePerGas": max_fee, "maxPriorityFeePerGas": tip}
+        try:
+            with self._lock, self._nonce_lock():
+                tx_hash = self._send_raw(tx)
+        except Web3RPCError as exc:  # e.g. one of our hashes was mined meanwhile: the next poll sees it
+            log.info("tx_reprice_refused hash=%s nonce=%d error=%r", sent.tx_hash, sent.nonce, str(exc))
+            return None
+        log.warning(
+            "tx_repriced hash=%s new_hash=%s nonce=%d base_fee=%d max_fee=%d->%d tip=%d",
+            sent.tx_hash, tx_hash, sent.nonce, base_fee, old_max, max_fee, tip,
+        )  # fmt: skip
+        return _Sent(tx, tx_hash, sent.hashes)
 
     def _fill_gap(self, below: int) -> None:
         """Use every nonce missing below `below` with an empty transfer to ourselves."""
@@ -469,6 +561,11 @@ def _revert_from(exc: ContractLogicError, tx: dict[str, Any]) -> RevertError:
     if err.name == "UnknownError" and not err.data and exc.message:
         log.info("revert_without_data to=%s node_message=%r", tx.get("to"), exc.message)
     return err
+
+
+def _bumped(fee: int) -> int:
+    """A fee 12.5% (and at least 1 wei) higher: enough for a node to take it as a replacement."""
+    return fee + fee // 8 + 1
 
 
 def _is_nonce_conflict(exc: Web3RPCError) -> bool:

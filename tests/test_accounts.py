@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
+import os
 import stat
 from pathlib import Path
 
@@ -140,6 +142,32 @@ def test_loadKeystore_namesTheFixForDamagedCrypto(keystore, tmp_path: Path) -> N
         load_keystore(damaged, PASSWORD)
 
 
+def test_loadKeystore_acceptsTheOlderCapitalisedCryptoKey(keystore, tmp_path: Path) -> None:
+    """Older geth and pyethereum keystores name the section "Crypto"; the file is otherwise v3."""
+    document = json.loads(keystore[0].read_text())
+    document["Crypto"] = document.pop("crypto")
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps(document))
+    older.chmod(0o600)
+    assert load_keystore(older, PASSWORD).key == KEY
+
+
+def test_createKeystore_fsyncsTheDirectorySoACrashCannotLoseTheKey(tmp_path: Path, monkeypatch) -> None:
+    """A crash between writing the key and the directory entry reaching the disk cannot be caused
+    here; what the test can see for real is that the directory itself is fsynced after the file."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    path = tmp_path / "keys" / "node.json"
+    create_keystore(path, PASSWORD, KEY)
+    assert synced == [str(path), str(path.parent)]
+
+
 def test_keystoreErrors_areChainErrors() -> None:
     assert issubclass(KeystoreError, ChainError)
 
@@ -154,6 +182,22 @@ def test_readPassword_stripsOneTrailingNewlineFromFile(tmp_path: Path, monkeypat
     assert read_password(file) == " secret \n"  # the file wins over the environment
     file.write_text("secret\r\n")
     assert read_password(file) == "secret"
+
+
+def test_readPassword_warnsWhenOthersCanReadThePasswordFile(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "password"
+    path.write_text("secret\n")
+    path.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="chain.accounts"):
+        assert read_password(path) == "secret"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"password_file_permissions path={path} mode=644 fix='chmod 600 {path}'"
+    ]
+    caplog.clear()
+    path.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="chain.accounts"):
+        read_password(path)
+    assert not caplog.records
 
 
 def test_readPassword_rejectsMissingOrEmptyFile(tmp_path: Path) -> None:

@@ -133,6 +133,7 @@ def operator_files(devnet: Devnet, tmp_path_factory) -> dict[str, Path]:
     """A keystore for dev account 1 (funded by the devnet) and its password file."""
     home = tmp_path_factory.mktemp("operator")
     (home / "password").write_text("correct horse battery\n")
+    (home / "password").chmod(0o600)  # a password file only its owner reads
     (home / "key").write_text(ANVIL_DEV_KEYS[1])
     keystore = home / "node-keystore.json"
     out = ok(
@@ -316,6 +317,7 @@ def test_badInput_oneClearLineAndNonZeroExit(devnet: Devnet, tmp_path: Path, nam
         args = [*args, "--config", str(tmp_path / "node.json")]
     if name == "new_keystore":
         (tmp_path / "pw").write_text("long-enough-password\n")
+        (tmp_path / "pw").chmod(0o600)  # a password file only its owner reads
         args = [*args, "--password-file", str(tmp_path / "pw")]
     if name == "host_model":
         ok(
@@ -341,6 +343,7 @@ def test_wrongNetwork_refused(devnet: Devnet, tmp_path: Path) -> None:
 
 def test_lockedKeystore_refused(devnet: Devnet, operator_files: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "wrong").write_text("not the password\n")
+    (tmp_path / "wrong").chmod(0o600)  # a password file only its owner reads
     result = script(
         devnet,
         "deposit",
@@ -369,6 +372,7 @@ def test_setupNode_createsKeystoreAndConfigIdempotently(tmp_path: Path) -> None:
     from node.config import load_config
 
     (tmp_path / "pw").write_text("a-good-password\n")
+    (tmp_path / "pw").chmod(0o600)  # a password file only its owner reads
     cmd = [
         str(ROOT / "scripts" / "setup-node.sh"),
         "--dir",
@@ -420,6 +424,7 @@ def test_publishModel_addsToTheDevnetsKuboAndProposesWithKubosCid(devnet: Devnet
 
 def test_faucet_fundsAFreshKeystoreThatThenRegisters(devnet: Devnet, tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("fresh-operator-pw\n")
+    (tmp_path / "pw").chmod(0o600)  # a password file only its owner reads
     keystore = tmp_path / "fresh.json"
     address = ok(
         script(devnet, "new_keystore", str(keystore), "--password-file", str(tmp_path / "pw"))

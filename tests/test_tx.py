@@ -6,11 +6,13 @@ import contextlib
 import fcntl
 import http.server
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -179,9 +181,10 @@ def test_send_timesOutWhenNotMinedAndNamesTheHash(token, automine_off) -> None:
     w3 = automine_off
     sender = TxSender(w3, dev_account(0), receipt_timeout=0.5, poll_interval=0.05)
     with pytest.raises(
-        TxTimeout, match=r"transaction 0x[0-9a-f]{64} was not mined within 0.5 s; it may still"
-    ):
+        TxTimeout, match=r"transaction 0x[0-9a-f]{64} \(nonce \d+\) was not mined within 0.5 s; it may still"
+    ) as info:
         sender.send(token.functions.transfer(dev_account(1).address, ETHER))
+    assert info.value.waited == 0.5 and info.value.nonce is not None and info.value.earlier == ()
 
 
 def test_send_timeoutLeavesTransactionToBeMinedLater(token, automine_off) -> None:
@@ -189,7 +192,7 @@ def test_send_timeoutLeavesTransactionToBeMinedLater(token, automine_off) -> Non
     sender = TxSender(w3, dev_account(0), receipt_timeout=0.3, poll_interval=0.05)
     with pytest.raises(TxTimeout) as info:
         sender.send(token.functions.transfer(dev_account(1).address, ETHER))
-    tx_hash = str(info.value).split()[1]
+    tx_hash = info.value.tx_hash
     w3.provider.make_request("evm_mine", [])
     assert w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
 
@@ -397,23 +400,28 @@ def test_send_fillsNonceGapNobodySent(chain_snapshot, token, monkeypatch) -> Non
     assert token.functions.balanceOf(bob).call() == ETHER
 
 
-class _SlowFirstSend:
-    """A real HTTP relay in front of Anvil that forwards everything but holds back its answer to the
-    first eth_sendRawTransaction past the client's timeout: the node got the transaction, the client
-    never heard so, and web3's provider retries the send."""
+class _Relay:
+    """A real HTTP relay in front of Anvil that plays a hosted provider's faults: it can hold back
+    its answer to the first eth_sendRawTransaction past the client's timeout (the node got the
+    transaction, the client never heard so, and web3's provider retries the send), and while `down`
+    is set it drops every connection unanswered (an outage)."""
 
-    def __init__(self, upstream: str, hold: float) -> None:
+    def __init__(self, upstream: str, hold_first_send: float = 0.0) -> None:
         relay = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if relay.down.is_set():
+                    relay.dropped += 1
+                    self.close_connection = True
+                    return
                 json_type = {"Content-Type": "application/json"}
                 answer = httpx.post(upstream, content=body, headers=json_type).content
                 if json.loads(body).get("method") == "eth_sendRawTransaction":
                     relay.sends.append(json.loads(answer))
                     if len(relay.sends) == 1:
-                        time.sleep(hold)
+                        time.sleep(hold_first_send)
                 with contextlib.suppress(OSError):
                     self.send_response(200)
                     self.send_header("Content-Type", "application/json")
@@ -425,6 +433,8 @@ class _SlowFirstSend:
                 pass
 
         self.sends: list[dict] = []
+        self.down = threading.Event()
+        self.dropped = 0
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -441,7 +451,7 @@ def test_send_answerLostAndSendRetried_sendsTheCallOnce(chain_snapshot: Web3, tm
     """The retry is answered "nonce too low" about our own transaction: it must not count as a
     conflict that sends the transfer a second time."""
     anvil_url = chain_snapshot.provider.endpoint_uri
-    relay = _SlowFirstSend(anvil_url, hold=2.0)
+    relay = _Relay(anvil_url, hold_first_send=2.0)
     try:
         w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 1}))  # default retries
         sender = TxSender(w3, dev_account(0), nonce_lock_dir=tmp_path)
@@ -476,3 +486,136 @@ def test_send_nodeUnreachable_errorDoesNotLeakTheUrlsKey(tmp_path) -> None:
         transfer = {"to": sender.address, "value": 0, "gas": 21000, "gasPrice": 1, "nonce": 0}
         sender._send_raw({**transfer, "chainId": 31337})
     assert "SECRET_KEY" not in str(info.value)
+
+
+def _via(relay: _Relay, contract: Contract) -> tuple[Web3, Contract]:
+    w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 2}))
+    return w3, w3.eth.contract(address=contract.address, abi=contract.abi)
+
+
+def test_wait_rpcOutage_keepsPollingAndReturnsTheReceiptOnce(token, automine_off, tmp_path) -> None:
+    """An RPC outage (the relay drops every connection) while the receipt is awaited, and the
+    transaction is mined meanwhile: before, the raw ConnectionError reached the caller, whose natural
+    retry paid twice. Now the sender polls through the outage and returns the one receipt."""
+    anvil, owner = automine_off, dev_account(0)
+    relay = _Relay(anvil.provider.endpoint_uri)
+    try:
+        w3, via = _via(relay, token)
+        sender = TxSender(w3, owner, receipt_timeout=60, poll_interval=0.02, nonce_lock_dir=tmp_path)
+        bob = Account.create().address
+        nonce = nonce_of(anvil, owner.address)
+        thread, outcome = _send_in_thread(sender, via.functions.transfer(bob, ETHER))
+        _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
+        relay.down.set()
+        _wait_until(lambda: relay.dropped >= 20)  # the sender kept polling into the outage
+        anvil.provider.make_request("evm_mine", [])  # mined while the node is out of reach
+        relay.down.clear()
+        thread.join(timeout=60)
+    finally:
+        relay.down.clear()
+        relay.close()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["receipt"]["status"] == 1
+    assert token.functions.balanceOf(bob).call() == ETHER
+    assert nonce_of(anvil, owner.address) == nonce + 1  # sent once
+
+
+def test_wait_rpcDownUntilTheDeadline_raisesTxTimeoutWithTheHash(token, automine_off, tmp_path) -> None:
+    anvil, owner = automine_off, dev_account(0)
+    relay = _Relay(anvil.provider.endpoint_uri)
+    try:
+        w3, via = _via(relay, token)
+        sender = TxSender(w3, owner, receipt_timeout=2, poll_interval=0.05, nonce_lock_dir=tmp_path)
+        nonce = nonce_of(anvil, owner.address)
+        thread, outcome = _send_in_thread(sender, via.functions.transfer(dev_account(1).address, ETHER))
+        _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
+        relay.down.set()
+        thread.join(timeout=30)
+    finally:
+        relay.down.clear()
+        relay.close()
+    err = outcome.get("error")
+    assert isinstance(err, TxTimeout), err
+    pending = anvil.provider.make_request("txpool_content", [])["result"]["pending"][owner.address.lower()]
+    assert err.tx_hash == pending[str(nonce)]["hash"] and err.nonce == nonce
+    assert "unreachable" in err.reason and "may still be mined" in str(err)
+    anvil.provider.make_request("evm_mine", [])
+    assert anvil.eth.get_transaction_receipt(err.tx_hash)["status"] == 1  # it was mined after all
+
+
+@pytest.fixture
+def base_fee_restored(automine_off: Web3) -> Iterator[Web3]:
+    """Anvil keeps its fee state across snapshot reverts: put the base fee back for later tests."""
+    before = automine_off.eth.get_block("latest")["baseFeePerGas"]
+    yield automine_off
+    automine_off.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(before)])
+
+
+def _spike_base_fee(w3: Web3, wei: int) -> None:
+    """The next block's base fee jumps to `wei` and that block is mined (without our transaction,
+    whose fee cap is now too low: Anvil drops it, as nodes do)."""
+    w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(wei)])
+    w3.provider.make_request("evm_mine", [])
+
+
+def test_wait_baseFeeSpike_resignsTheSameNonceWithHigherFees(token, base_fee_restored, caplog) -> None:
+    """Before: the node dropped the underpriced transaction, refused its rebroadcast, the wait timed
+    out and the next send took its nonce, so the payment never happened."""
+    w3, owner = base_fee_restored, dev_account(0)
+    bob = Account.create().address
+    nonce = nonce_of(w3, owner.address)
+    sender = TxSender(w3, owner, stall_timeout=0.2, poll_interval=0.02, receipt_timeout=30)
+    with caplog.at_level(logging.INFO, logger="chain.tx"):
+        thread, outcome = _send_in_thread(sender, token.functions.transfer(bob, ETHER))
+        _wait_until(lambda: nonce_of(w3, owner.address) == nonce + 1)
+        first = w3.provider.make_request("txpool_content", [])["result"]["pending"][owner.address.lower()]
+        first = first[str(nonce)]
+        _spike_base_fee(w3, 100 * 10**9)
+        assert w3.eth.get_transaction_count(owner.address, "latest") == nonce, "the spike block left it out"
+
+        def repriced() -> bool:
+            pool = w3.provider.make_request("txpool_content", [])["result"]["pending"]
+            tx = pool.get(owner.address.lower(), {}).get(str(nonce))
+            return tx is not None and tx["hash"] != first["hash"]
+
+        _wait_until(repriced, timeout=20)
+        w3.provider.make_request("evm_mine", [])
+        thread.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    receipt = outcome["receipt"]
+    mined = w3.eth.get_transaction(receipt["transactionHash"])
+    assert mined["nonce"] == nonce and receipt["transactionHash"].to_0x_hex() != first["hash"]
+    assert mined["maxFeePerGas"] >= 200 * 10**9 > int(first["maxFeePerGas"], 16)
+    assert token.functions.balanceOf(bob).call() == ETHER
+    assert [r for r in caplog.records if r.getMessage().startswith("tx_repriced")]
+
+
+def test_wait_baseFeeAboveTheCap_waitsAndSaysSo(token, base_fee_restored) -> None:
+    w3, owner = base_fee_restored, dev_account(0)
+    sender = TxSender(
+        w3, owner, stall_timeout=0.2, poll_interval=0.02, receipt_timeout=1.5, max_fee_per_gas=50 * 10**9
+    )
+    nonce = nonce_of(w3, owner.address)
+    thread, outcome = _send_in_thread(sender, token.functions.transfer(dev_account(1).address, ETHER))
+    _wait_until(lambda: nonce_of(w3, owner.address) == nonce + 1)
+    _spike_base_fee(w3, 100 * 10**9)
+    thread.join(timeout=30)
+    err = outcome.get("error")
+    assert isinstance(err, TxTimeout), err
+    assert "above the fee cap" in err.reason
+
+
+def test_revert_fromAThirdPartyContract_namesTheSelectorAndSaysItMayBeExternal(chain_snapshot) -> None:
+    """A contract of no ABI of ours reverts with custom error 0xdeadbeef: the message used to say
+    only "run make contracts"."""
+    w3 = chain_snapshot
+    runtime = "63deadbeef60e01b60005260046000fd"  # mstore(0, 0xdeadbeef << 224); revert(0, 4)
+    init = "6010600c60003960106000f3" + runtime  # codecopy the 16 runtime bytes and return them
+    tx_hash = w3.eth.send_transaction({"from": dev_account(0).address, "data": "0x" + init})
+    external = w3.eth.get_transaction_receipt(tx_hash)["contractAddress"]
+    assert w3.eth.get_code(external).hex() == runtime
+    with pytest.raises(RevertError) as info:
+        TxSender(w3, dev_account(0)).send_value(external, 0)
+    err = info.value
+    assert (err.name, err.selector) == ("UnknownError", bytes.fromhex("deadbeef"))
+    assert "selector=0xdeadbeef" in str(err) and "external" in str(err)
