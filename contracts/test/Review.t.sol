@@ -385,6 +385,20 @@ contract ReviewAttackTest is Base {
         settlement.recoverRequestSigner(auth, junk);
     }
 
+    function test_Attack10_ZeroPayerReceiptIsRefused() public {
+        ISettlement.SignedReceipt memory s;
+        s.receipt = _receipt(address(0), node, 1000, 2 ether);
+        s.payerSig = ISettlement.Signature({v: 29, r: bytes32(uint256(1)), s: bytes32(0)});
+        vm.recordLogs();
+        (uint256 settled,) = _settle(node, s);
+        vm.assertEq(settled, 0, "refused");
+        vm.assertEq(
+            _rejection(vm.getRecordedLogs(), 0),
+            abi.encodeWithSelector(ISettlement.InvalidPayerSignature.selector, address(0)),
+            "rejection reason"
+        );
+    }
+
     function _settle(address caller, ISettlement.SignedReceipt memory s) internal returns (uint256, uint256) {
         vm.prank(caller);
         return settlement.settle(_one(s));
