@@ -21,14 +21,6 @@ contract HysaVaultTest is Base {
 
     address internal attacker = address(0xBAD);
 
-    function _vaultDeposit(address who, uint256 assets) internal returns (uint256 shares) {
-        _mint(who, assets);
-        vm.startPrank(who);
-        token.approve(address(vault), assets);
-        shares = vault.deposit(assets, who);
-        vm.stopPrank();
-    }
-
     /// @dev Like _vaultDeposit, but the deposit must revert with ZeroShares(assets).
     function _vaultDepositExpectZeroShares(address who, uint256 assets) internal {
         _mint(who, assets);
@@ -37,12 +29,6 @@ contract HysaVaultTest is Base {
         vm.expectRevert(abi.encodeWithSelector(HysaVault.ZeroShares.selector, assets));
         vm.prank(who);
         vault.deposit(assets, who);
-    }
-
-    function _redeemAll(address who) internal returns (uint256 assets) {
-        uint256 shares = vault.balanceOf(who);
-        vm.prank(who);
-        assets = vault.redeem(shares, who, who);
     }
 
     /// @dev Plain transfer to the vault, as Settlement and slashing do (assets arrive, no shares),

@@ -38,27 +38,11 @@ contract ReviewAttackTest is Base {
         _registerNode(node2, "node-2");
     }
 
-    function _vaultDeposit(address who, uint256 assets) internal returns (uint256 shares) {
-        _mint(who, assets);
-        vm.startPrank(who);
-        token.approve(address(vault), assets);
-        shares = vault.deposit(assets, who);
-        vm.stopPrank();
-    }
-
-    function _redeemAll(address who) internal returns (uint256) {
-        uint256 shares = vault.balanceOf(who);
-        vm.prank(who);
-        return vault.redeem(shares, who, who);
-    }
-
+    /// @dev The reason of the ReceiptRejected event for the receipt at `index` ("" when none).
     function _rejection(Vm.Log[] memory logs, uint256 index) internal view returns (bytes memory) {
-        for (uint256 i; i < logs.length; ++i) {
-            if (logs[i].emitter != address(settlement) || logs[i].topics[0] != ISettlement.ReceiptRejected.selector) {
-                continue;
-            }
-            (uint256 idx, bytes memory reason) = abi.decode(logs[i].data, (uint256, bytes));
-            if (idx == index) return reason;
+        (uint256[] memory indexes, bytes[] memory reasons) = _rejections(logs);
+        for (uint256 i; i < indexes.length; ++i) {
+            if (indexes[i] == index) return reasons[i];
         }
         return "";
     }
@@ -123,7 +107,7 @@ contract ReviewAttackTest is Base {
         vm.prank(payer);
         settlement.withdraw();
 
-        (uint256 settled, uint256 paid) = _settle(node, _signed(PAYER_PK, 0, _receipt(payer, node, 2000, 4 ether)));
+        (uint256 settled, uint256 paid) = _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 2000, 4 ether)));
         vm.assertEq(settled, 1, "the node is paid");
         vm.assertEq(paid, 4 ether, "in full");
     }
@@ -146,7 +130,7 @@ contract ReviewAttackTest is Base {
         uint64 lastBefore = nodes.reputationOf(node).lastSettledAt;
         ISettlement.SignedReceipt memory s = _signed(NODE_PK, 0, _receipt(node, node, type(uint128).max, 1));
         vm.warp(block.timestamp + 1 hours);
-        (uint256 settled,) = _settle(node, s);
+        (uint256 settled,) = _settleAs(node, s);
         vm.assertEq(settled, 1, "the wei is paid");
         INodeRegistry.Reputation memory rep = nodes.reputationOf(node);
         vm.assertEq(uint256(rep.tokensServed), 0, "was 2^128-1: a wei pays for no token");
@@ -158,7 +142,7 @@ contract ReviewAttackTest is Base {
     function test_Attack3_TokensCreditedAtMostWhatThePaymentPaysFor() public {
         _deposit(node, 100 ether);
         // 100 MESH at 2 MESH per 1K tokens pays for 50,000 tokens; the node claims a million.
-        (uint256 settled,) = _settle(node, _signed(NODE_PK, 0, _receipt(node, node, 1_000_000, 100 ether)));
+        (uint256 settled,) = _settleAs(node, _signed(NODE_PK, 0, _receipt(node, node, 1_000_000, 100 ether)));
         vm.assertEq(settled, 1, "paid");
         INodeRegistry.Reputation memory rep = nodes.reputationOf(node);
         vm.assertEq(uint256(rep.tokensServed), 50_000, "credited what was paid for");
@@ -178,7 +162,7 @@ contract ReviewAttackTest is Base {
         ISettlement.UsageReceipt memory r = _receipt(node, node, type(uint128).max, 1 ether);
         r.modelId = cheap;
         vm.recordLogs();
-        (uint256 settled,) = _settle(node, _signed(NODE_PK, 0, r));
+        (uint256 settled,) = _settleAs(node, _signed(NODE_PK, 0, r));
         vm.assertEq(settled, 0, "refused");
         vm.assertEq(
             _rejection(vm.getRecordedLogs(), 0),
@@ -226,7 +210,7 @@ contract ReviewAttackTest is Base {
 
         // With the counter full, even a later batch only skips that node's receipt.
         vm.recordLogs();
-        (settled,) = _settle(node, _signed(PAYER2_PK, 0, more));
+        (settled,) = _settleAs(node, _signed(PAYER2_PK, 0, more));
         vm.assertEq(settled, 0, "still refused, never a revert");
     }
 
@@ -341,7 +325,7 @@ contract ReviewAttackTest is Base {
         vm.prank(node);
         nodes.deregister();
         vm.recordLogs();
-        (uint256 settled,) = _settle(node, _signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether)));
+        (uint256 settled,) = _settleAs(node, _signed(PAYER_PK, 0, _receipt(payer, node, 1000, 2 ether)));
         vm.assertEq(settled, 0, "was: paid and credited");
         vm.assertEq(
             _rejection(vm.getRecordedLogs(), 0),
@@ -390,17 +374,12 @@ contract ReviewAttackTest is Base {
         s.receipt = _receipt(address(0), node, 1000, 2 ether);
         s.payerSig = ISettlement.Signature({v: 29, r: bytes32(uint256(1)), s: bytes32(0)});
         vm.recordLogs();
-        (uint256 settled,) = _settle(node, s);
+        (uint256 settled,) = _settleAs(node, s);
         vm.assertEq(settled, 0, "refused");
         vm.assertEq(
             _rejection(vm.getRecordedLogs(), 0),
             abi.encodeWithSelector(ISettlement.InvalidPayerSignature.selector, address(0)),
             "rejection reason"
         );
-    }
-
-    function _settle(address caller, ISettlement.SignedReceipt memory s) internal returns (uint256, uint256) {
-        vm.prank(caller);
-        return settlement.settle(_one(s));
     }
 }

@@ -33,41 +33,8 @@ contract SettlementTest is Base {
 
     // ================================================================ helpers
 
-    function _settleAs(address caller, ISettlement.SignedReceipt memory s)
-        internal
-        returns (uint256 settled, uint256 paid)
-    {
-        vm.prank(caller);
-        return settlement.settle(_one(s));
-    }
-
     function _balance(address who) internal view returns (uint256) {
         return settlement.escrowOf(who).balance;
-    }
-
-    /// @dev The (index, reason) of every ReceiptRejected in the recorded logs.
-    function _rejections(Vm.Log[] memory logs)
-        internal
-        view
-        returns (uint256[] memory indexes, bytes[] memory reasons)
-    {
-        uint256 n;
-        for (uint256 i; i < logs.length; ++i) {
-            if (_isRejection(logs[i])) ++n;
-        }
-        indexes = new uint256[](n);
-        reasons = new bytes[](n);
-        n = 0;
-        for (uint256 i; i < logs.length; ++i) {
-            if (!_isRejection(logs[i])) continue;
-            (indexes[n], reasons[n]) = abi.decode(logs[i].data, (uint256, bytes));
-            ++n;
-        }
-    }
-
-    function _isRejection(Vm.Log memory log) internal view returns (bool) {
-        return log.emitter == address(settlement) && log.topics.length > 0
-            && log.topics[0] == ISettlement.ReceiptRejected.selector;
     }
 
     function _count(Vm.Log[] memory logs, bytes32 topic0, address emitter) internal pure returns (uint256 n) {

@@ -164,6 +164,54 @@ abstract contract Base {
         batch[0] = s;
     }
 
+    function _settleAs(address caller, ISettlement.SignedReceipt memory s)
+        internal
+        returns (uint256 settled, uint256 paid)
+    {
+        vm.prank(caller);
+        return settlement.settle(_one(s));
+    }
+
+    /// @dev The (index, reason) of every ReceiptRejected in the recorded logs.
+    function _rejections(Vm.Log[] memory logs)
+        internal
+        view
+        returns (uint256[] memory indexes, bytes[] memory reasons)
+    {
+        uint256 n;
+        for (uint256 i; i < logs.length; ++i) {
+            if (_isRejection(logs[i])) ++n;
+        }
+        indexes = new uint256[](n);
+        reasons = new bytes[](n);
+        n = 0;
+        for (uint256 i; i < logs.length; ++i) {
+            if (!_isRejection(logs[i])) continue;
+            (indexes[n], reasons[n]) = abi.decode(logs[i].data, (uint256, bytes));
+            ++n;
+        }
+    }
+
+    function _isRejection(Vm.Log memory log) internal view returns (bool) {
+        return log.emitter == address(settlement) && log.topics.length > 0
+            && log.topics[0] == ISettlement.ReceiptRejected.selector;
+    }
+
+    /// @dev Mints `assets` to `who` and deposits them into the vault.
+    function _vaultDeposit(address who, uint256 assets) internal returns (uint256 shares) {
+        _mint(who, assets);
+        vm.startPrank(who);
+        token.approve(address(vault), assets);
+        shares = vault.deposit(assets, who);
+        vm.stopPrank();
+    }
+
+    function _redeemAll(address who) internal returns (uint256 assets) {
+        uint256 shares = vault.balanceOf(who);
+        vm.prank(who);
+        assets = vault.redeem(shares, who, who);
+    }
+
     /// @dev forge-std's `bound`: maps any fuzzed value into [min, max] without discarding runs.
     function bound(uint256 x, uint256 min, uint256 max) internal pure returns (uint256) {
         require(min <= max, "bound: min > max");
