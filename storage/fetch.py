@@ -5,12 +5,15 @@ The DAG walk (`plan_file`) proves which leaf bytes the CID stands for; the write
 and the whole file in two threads while writing in order (a source whose own `leaves` already matched
 each leaf to its CID, as the gateway fetcher does for failover, is not hashed twice). An interrupted
 fetch leaves `<dest>.partial`; the next fetch re-checks its leaves from disk, keeps the good prefix
-and continues from there.
+and continues from there. The partial file is flock()ed for the whole fetch, so a second process
+fetching into the same place is refused instead of appending to it, and the file on disk must be
+exactly the DAG's size before it is renamed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 from collections import deque
@@ -42,6 +45,32 @@ class Fetched:
     size: int
     dag: FileDag
     resumed_from: int = 0
+
+
+class FetchInProgressError(StorageError):
+    """Another process (or another fetch in this one) is writing the same partial file."""
+
+    def __init__(self, partial: Path) -> None:
+        self.partial = partial
+        super().__init__(
+            f"another fetch is already writing {partial}: wait for it to finish, or fetch through a "
+            "ModelCache on that directory, which makes processes take turns"
+        )
+
+
+def _lock_partial(partial: Path) -> int:
+    """Create `partial` if needed and hold an exclusive flock on it (the returned fd); refuse at once
+    when another writer holds it, since two writers appending to one file corrupt it."""
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise FetchInProgressError(partial) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def check_sha256(value: str) -> str:
@@ -193,7 +222,24 @@ async def fetch_file(
         on_plan(dag)
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.touch()
+    guard = _lock_partial(partial)
+    try:
+        return await _fetch_locked(source, root, dest, partial, dag, want, size, progress)
+    finally:
+        os.close(guard)  # after the rename: the lock then sits on the verified file, and goes with it
+
+
+async def _fetch_locked(
+    source: BlockSource,
+    root: Cid,
+    dest: Path,
+    partial: Path,
+    dag: FileDag,
+    want: str,
+    size: int | None,
+    progress: Progress | None,
+) -> Fetched:
+    """fetch_file's transfer, with the partial file's lock held."""
     start, whole = await asyncio.to_thread(_good_prefix, partial, dag)
     writer = _Writer(partial, root, whole, leaves_checked=leaves_are_checked(source))
     resumed_from = writer.written
@@ -222,6 +268,17 @@ async def fetch_file(
         partial.unlink(missing_ok=True)
         raise IntegrityError(
             f"sha256 of {root} ({dag.size} bytes)", f"{want} (on chain)", actual, "the file was deleted"
+        )
+    # The hashes cover the bytes this fetch wrote, not the file: anything else that wrote to it (a
+    # second writer, a stray truncation) shows as a size that is not the DAG's.
+    on_disk = os.stat(partial).st_size
+    if on_disk != dag.size:
+        partial.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"size of {partial} on disk",
+            f"{dag.size} bytes (the DAG of {root})",
+            f"{on_disk} bytes",
+            "something else wrote to the partial file; it was deleted, fetch again",
         )
     os.replace(partial, dest)
     _fsync_dir(dest.parent)

@@ -1,13 +1,21 @@
 """Fixtures for the storage tests: real kubo daemons (own repos, loopback ports, connected to each other
-and to nothing else), a real gateway server, and the real Gemma 3 270M GGUF from its PyPI package."""
+and to nothing else), a real gateway server, the real Gemma 3 270M GGUF from its PyPI package, second
+OS processes working on a shared cache directory, and a real small disk (tmpfs) that fills up."""
 
 from __future__ import annotations
 
+import errno
+import os
+import queue
 import random
+import shutil
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import pytest
@@ -123,3 +131,144 @@ def tamper(path: Path, offset: int) -> None:
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CacheWorker:
+    """A real second process running `tests.storage_cache_worker` (a ModelCache on a shared
+    directory). Its stdout and stderr lines are collected by threads, so the test waits for a line
+    (a readiness signal) with a deadline instead of sleeping."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.storage_cache_worker", *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self.seen: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(name, stream), daemon=True)
+            for name, stream in (("out", self.proc.stdout), ("err", self.proc.stderr))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str, stream: IO[str] | None) -> None:
+        assert stream is not None
+        for line in stream:
+            self.lines.put((name, line.rstrip("\n")))
+        self.lines.put((name, None))
+
+    def expect(self, wanted: Callable[[str], bool], timeout: float = 60.0) -> str | None:
+        """The first line (stdout or stderr) for which `wanted` is true; None if the process ended
+        first. AssertionError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        closed = 0
+        while closed < 2:
+            try:
+                _, line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.001))
+            except queue.Empty:
+                raise AssertionError(f"worker printed nothing wanted in {timeout} s: {self.seen}") from None
+            if line is None:
+                closed += 1
+                continue
+            self.seen.append(line)
+            if wanted(line):
+                return line
+        return None
+
+    def send(self, line: str = "go") -> None:
+        """A line on the worker's stdin (lets a paused fetch go on)."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 60.0) -> int:
+        """Close stdin (releases a held model), wait for the exit code."""
+        assert self.proc.stdin is not None
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        code = self.proc.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        while not self.lines.empty():  # keep everything it said, for the assertion messages
+            _, line = self.lines.get()
+            if line is not None:
+                self.seen.append(line)
+        return code
+
+    def stop(self) -> None:
+        """Kill it if it is still running (always called at the end of the test)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+@pytest.fixture(name="cache_worker")
+def cache_worker_fixture() -> Iterator[Callable[..., CacheWorker]]:
+    """Start cache worker processes; every one is stopped when the test ends."""
+    started: list[CacheWorker] = []
+
+    def start(*args: str) -> CacheWorker:
+        worker = CacheWorker(*args)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+SMALL_DISK = 8 << 20
+
+
+@pytest.fixture(name="small_disk")
+def small_disk_fixture(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB filesystem (tmpfs) that the test can fill up for a real ENOSPC; unmounted at the
+    end. Needs root and a working `mount`; skipped, saying so, where there is neither."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full disk needs root to mount a small tmpfs")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DISK}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill_disk(path: Path) -> int:
+    """Write `path` until the filesystem is full (a real ENOSPC), as another program would; return
+    the bytes written."""
+    written = 0
+    chunk = b"\xff" * 4096
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for _ in range(shutil.disk_usage(path.parent).total // len(chunk) + 2):  # bounded by the disk
+            try:
+                written += os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+                return written
+        raise AssertionError(f"{path.parent} never filled up")
+    finally:
+        os.close(fd)

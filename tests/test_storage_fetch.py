@@ -1,28 +1,39 @@
-"""Publish on one kubo, fetch through the other over bitswap, verify; tampering, resume, the cache."""
+"""Publish on one kubo, fetch through the other over bitswap, verify; tampering, resume, the cache
+(also shared by several processes, on a disk that fills up, with files that change after verification)."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import hashlib
+import logging
 import os
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
+import storage.cache
 from storage.blocks import KuboBlocks, plan_file
 from storage.cache import DAG_SUFFIX, ModelCache
 from storage.cid import Cid, dag_pb_cid, raw_cid
 from storage.daemon import KuboDaemon, free_port
 from storage.dagpb import PBLink, encode_node, encode_unixfs_file
 from storage.errors import CacheFullError, DagError, IntegrityError, KuboError, StorageError
-from storage.fetch import PARTIAL_SUFFIX, fetch_file
+from storage.fetch import PARTIAL_SUFFIX, FetchInProgressError, fetch_file
 from storage.kubo import KuboClient
 from storage.publish import PublishedFile, publish
 from storage.unixfs import CHUNK_SIZE, FileDag, Leaf
-from tests.storage_fixtures import random_file
+from tests.storage_fixtures import (  # noqa: F401 - fixtures
+    CacheWorker,
+    cache_worker_fixture,
+    fill_disk,
+    random_file,
+    small_disk_fixture,
+    tamper,
+)
 
 pytestmark = pytest.mark.anyio
 MIB = CHUNK_SIZE
@@ -220,6 +231,7 @@ async def test_cache_reopened_servesItsFilesAndRefusesUnknownOnes(
         await ModelCache(tmp_path / "cache", 10 * MIB).fetch(KuboBlocks(kb), f.cid, f.sha256)
     (tmp_path / "cache" / f"{f.cid}{DAG_SUFFIX}").unlink()  # lost record: rebuilt by hashing the file
     reopened = ModelCache(tmp_path / "cache", 10 * MIB)
+    assert await reopened.verify_pending() == {f.cid: True}  # in the background, not in the constructor
     assert reopened.has(f.cid) and f.cid in reopened.blocks.roots()
     with pytest.raises(StorageError, match="fetch it first"):
         reopened.acquire(Cid.parse("bafkreigks6arfsq3xxfpvqrrwonchxcnu6do76auprhhfomao6c273sixm"))
@@ -326,3 +338,295 @@ async def test_plan_leafClaimingMoreThanABlock_isRefusedBeforeAnyRead(
     async with KuboClient(api) as kubo:
         with pytest.raises(DagError, match="claims 70368744177664 bytes"):
             await plan_file(KuboBlocks(kubo), root)
+
+
+# -- the cache shared by processes, changed on disk, on a full disk, started without records ----------
+
+
+async def test_cache_twoProcessesFetchingOneModel_neverWriteOnePartialFile(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, cache_worker: Callable[..., CacheWorker]
+) -> None:
+    """Two processes fetch one CID into one cache directory: the second waits for the first and then
+    has a hit, and the verified name holds exactly the model. Before, both appended to one partial
+    file, and a file of the wrong size was renamed to the verified name."""
+    f = await _publish_random(kubo_pair, tmp_path / "m", 6 * MIB, seed=50)
+    root = tmp_path / "cache"
+    args = (str(root), str(64 * MIB), kubo_pair[1].api_url, str(f.cid), f.sha256)
+    first = cache_worker("fetch", *args, "--pause-after", "2")
+    assert first.expect(lambda line: line == "paused") == "paused"
+    second = cache_worker("fetch", *args)
+    # The second must wait for the first; the old code instead fetched into the same partial file.
+    second.expect(lambda line: "event=cache_fetch_waiting" in line or line == "done")
+    first.send("go")
+    assert (first.finish(), second.finish()) == (0, 0), (first.seen, second.seen)
+    assert any("event=cache_fetch_waiting" in line for line in second.seen), second.seen
+    data = (root / str(f.cid)).read_bytes()
+    assert len(data) == f.size and hashlib.sha256(data).hexdigest() == f.sha256
+    assert not (root / f"{f.cid}{PARTIAL_SUFFIX}").exists()
+
+
+async def test_cache_modelInUseByAnotherProcess_isNeverEvicted(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, cache_worker: Callable[..., CacheWorker]
+) -> None:
+    x = await _publish_random(kubo_pair, tmp_path / "x", 4 * MIB, seed=51)
+    y = await _publish_random(kubo_pair, tmp_path / "y", 4 * MIB, seed=52)
+    root = tmp_path / "cache"
+    cache = ModelCache(root, 6 * MIB)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        await cache.fetch(KuboBlocks(kb), x.cid, x.sha256, x.size)
+        holder = cache_worker("hold", str(root), str(6 * MIB), str(x.cid))
+        assert holder.expect(lambda line: line in ("held", "done")) == "held", holder.seen
+        with pytest.raises(CacheFullError, match="in use") as info:
+            await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
+        assert cache.path(x.cid).read_bytes() == (tmp_path / "x").read_bytes()
+        assert info.value.in_use == (x.cid,) and info.value.needed == y.size
+        assert holder.finish() == 0, holder.seen  # released: now it may go
+        await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
+    assert [e.cid for e in cache.entries()] == [y.cid]
+
+
+async def test_cache_downloadInFlightInAnotherProcess_isNotDeleted_andHitsGoOn(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, cache_worker: Callable[..., CacheWorker]
+) -> None:
+    """Another process's download counts at its full size and its partial file is not an orphan;
+    its long transfer does not block this process's cache hits."""
+    a = await _publish_random(kubo_pair, tmp_path / "a", 6 * MIB, seed=53)
+    b = await _publish_random(kubo_pair, tmp_path / "b", 3 * MIB, seed=54)
+    c = await _publish_random(kubo_pair, tmp_path / "c", 5 * MIB, seed=55)
+    root, limit = tmp_path / "cache", int(9.5 * MIB)
+    cache = ModelCache(root, limit)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        await cache.fetch(KuboBlocks(kb), b.cid, b.sha256, b.size)
+        fetcher = cache_worker(
+            "fetch", str(root), str(limit), kubo_pair[1].api_url, str(a.cid), a.sha256, "--pause-after", "2"
+        )
+        assert fetcher.expect(lambda line: line == "paused") == "paused", fetcher.seen
+        assert await cache.fetch(KuboBlocks(kb), b.cid, b.sha256) == cache.path(b.cid)  # a hit meanwhile
+        with cache.use(b.cid):
+            with pytest.raises(CacheFullError, match="being fetched") as info:
+                await cache.fetch(KuboBlocks(kb), c.cid, c.sha256, c.size)
+            assert info.value.fetching == (a.cid,)
+            with pytest.raises(StorageError, match="being fetched"):
+                cache.evict(a.cid)
+        assert (root / f"{a.cid}{PARTIAL_SUFFIX}").exists()
+        fetcher.send("go")
+        assert fetcher.finish() == 0, fetcher.seen
+    assert cache.path(a.cid).read_bytes() == (tmp_path / "a").read_bytes()
+
+
+async def test_cache_hit_fileChangedOnDisk_isReverifiedEvictedAndFetchedAgain(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = await _publish_random(kubo_pair, tmp_path / "m", 3 * MIB, seed=56)
+    cache = ModelCache(tmp_path / "cache", 16 * MIB)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        path = await cache.fetch(KuboBlocks(kb), f.cid, f.sha256, f.size)
+        tamper(path, MIB + 5)  # a flipped bit on the disk, after verification
+        with caplog.at_level(logging.INFO, logger="storage.cache"):
+            again = await cache.fetch(KuboBlocks(kb), f.cid, f.sha256, f.size)
+    assert again.read_bytes() == (tmp_path / "m").read_bytes()
+    assert any("event=cache_corrupt" in r.getMessage() for r in caplog.records)
+    assert cache.pending() == [] and f.cid in cache.blocks.roots()
+
+
+async def test_cache_acquire_byteFlippedWithItsMtimeRestored_isRefusedAndEvicted(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    f = await _publish_random(kubo_pair, tmp_path / "m", 3 * MIB, seed=57)
+    cache = ModelCache(tmp_path / "cache", 16 * MIB)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        path = await cache.fetch(KuboBlocks(kb), f.cid, f.sha256, f.size)
+    st = path.stat()
+    tamper(path, 7)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as verified: only ctime shows it
+    with pytest.raises(IntegrityError, match="changed on disk") as info:
+        cache.acquire(f.cid)
+    assert info.value.expected == f"CID {f.cid}, sha256 {f.sha256}"
+    assert not cache.has(f.cid) and f.cid not in cache.blocks.roots()
+
+
+async def test_cache_reopened_truncatedFile_isNeitherServedNorHandedOut(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    f = await _publish_random(kubo_pair, tmp_path / "m", 3 * MIB, seed=58)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        path = await ModelCache(tmp_path / "cache", 16 * MIB).fetch(KuboBlocks(kb), f.cid, f.sha256)
+    os.truncate(path, f.size - 1)  # the node was down; the disk lost the file's tail
+    reopened = ModelCache(tmp_path / "cache", 16 * MIB)
+    assert f.cid not in reopened.blocks.roots()
+    assert [(e.cid, e.verified) for e in reopened.entries()] == [(f.cid, False)]
+    with pytest.raises(IntegrityError, match="fetch it again"):
+        reopened.acquire(f.cid)
+    assert not reopened.has(f.cid)
+
+
+class NoDownload(KuboBlocks):
+    """A source that must not be asked for any leaf: the file is already here."""
+
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
+        raise AssertionError("a cached file was downloaded again")
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def test_cache_lostDagRecord_isVerifiedOnFirstUse_notWhileConstructing(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Construction reads no model bytes (100 GB of models would hold a node's start for minutes):
+    the file is marked unverified and not served, and the first fetch() re-hashes it, with progress,
+    without downloading it again. `hash_file` is wrapped only to count its calls."""
+    f = await _publish_random(kubo_pair, tmp_path / "m", 4 * MIB, seed=59)
+    root = tmp_path / "cache"
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        await ModelCache(root, 16 * MIB).fetch(KuboBlocks(kb), f.cid, f.sha256)
+        (root / f"{f.cid}{DAG_SUFFIX}").unlink()
+        hashed: list[Path] = []
+        real_hash_file = storage.cache.hash_file
+
+        def counted(path: Path, *args: object, **kwargs: object) -> object:
+            hashed.append(Path(path))
+            return real_hash_file(path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(storage.cache, "hash_file", counted)
+        reopened = ModelCache(root, 16 * MIB)
+        assert hashed == [], "construction hashed a model file"
+        assert reopened.pending() == [f.cid] and f.cid not in reopened.blocks.roots()
+        seen: list[tuple[int, int]] = []
+        path = await reopened.fetch(
+            NoDownload(kb), f.cid, f.sha256, f.size, progress=lambda d, t: seen.append((d, t))
+        )
+    assert hashed == [path] and seen[-1] == (f.size, f.size)
+    assert reopened.pending() == [] and f.cid in reopened.blocks.roots()
+    assert (root / f"{f.cid}{DAG_SUFFIX}").exists()
+
+
+async def test_cache_diskTooSmall_isRefusedBeforeDownloading_andOrphanPartialsMakeRoom(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path, small_disk: Path
+) -> None:
+    """A real 8 MiB disk under a 64 MiB cache limit: free space decides, before anything is written."""
+    x = await _publish_random(kubo_pair, tmp_path / "x", 3 * MIB + 1, seed=60)
+    y = await _publish_random(kubo_pair, tmp_path / "y", 6 * MIB, seed=61)
+    z = await _publish_random(kubo_pair, tmp_path / "z", 9 * MIB, seed=62)
+    root = small_disk / "cache"
+    cache = ModelCache(root, 64 * MIB, min_free_bytes=256 << 10)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        with pytest.raises(KuboError, match="simulated"):
+            await cache.fetch(Interrupted(kb, limit=2), x.cid, x.sha256, x.size)
+        # y fits the disk only once the interrupted download nobody resumes is gone
+        path = await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
+        assert path.read_bytes() == (tmp_path / "y").read_bytes()
+        assert not (root / f"{x.cid}{PARTIAL_SUFFIX}").exists()
+        with pytest.raises(CacheFullError, match="free disk space") as info:
+            await cache.fetch(KuboBlocks(kb), z.cid, z.sha256, z.size)
+    assert info.value.where == "disk" and info.value.needed == z.size and info.value.free < z.size
+    assert not (root / f"{z.cid}{PARTIAL_SUFFIX}").exists(), "refused before writing"
+    assert cache.has(y.cid), "nothing is evicted when the model cannot fit anyway"
+
+
+class FillsTheDisk(KuboBlocks):
+    """A real kubo source; after its first leaf another program fills the disk under the fetch."""
+
+    def __init__(self, kubo: KuboClient, filler: Path) -> None:
+        super().__init__(kubo)
+        self.filler = filler
+
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
+        sent = 0
+        async for item in super().leaves(dag, start):
+            if sent == 1:
+                fill_disk(self.filler)
+            sent += 1
+            yield item
+
+
+async def test_cache_diskFillingUpDuringAFetch_raisesCacheFull_andDeletesOnlyOrphanPartials(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon],
+    tmp_path: Path,
+    small_disk: Path,
+    cache_worker: Callable[..., CacheWorker],
+) -> None:
+    """A real ENOSPC (an 8 MiB tmpfs, filled by another writer mid-fetch): the fetch fails with
+    CacheFullError carrying the numbers, interrupted downloads nobody writes are deleted, another
+    process's download in flight and this fetch's own partial file are kept, and once there is room
+    again the next fetch resumes."""
+    o = await _publish_random(kubo_pair, tmp_path / "o", 2 * MIB + 1, seed=63)
+    c = await _publish_random(kubo_pair, tmp_path / "c", 2 * MIB, seed=64)
+    m = await _publish_random(kubo_pair, tmp_path / "m", 3 * MIB, seed=65)
+    root, filler = small_disk / "cache", small_disk / "filler"
+    cache = ModelCache(root, 64 * MIB, min_free_bytes=0)
+    api = kubo_pair[1].api_url
+    async with KuboClient(api) as kb:
+        with pytest.raises(KuboError, match="simulated"):
+            await cache.fetch(Interrupted(kb, limit=2), o.cid, o.sha256, o.size)
+        other = cache_worker(
+            "fetch",
+            str(root),
+            str(64 * MIB),
+            api,
+            str(c.cid),
+            c.sha256,
+            "--pause-after",
+            "1",
+            "--min-free",
+            "0",
+        )
+        assert other.expect(lambda line: line == "paused") == "paused", other.seen
+        with pytest.raises(CacheFullError, match="Free disk space") as info:
+            await cache.fetch(FillsTheDisk(kb, filler), m.cid, m.sha256, m.size)
+        kept = (root / f"{m.cid}{PARTIAL_SUFFIX}").stat().st_size
+        assert info.value.where == "disk" and info.value.needed == m.size - kept
+        assert info.value.free == shutil.disk_usage(small_disk).free
+        assert not (root / f"{o.cid}{PARTIAL_SUFFIX}").exists(), "the orphan went"
+        assert (root / f"{c.cid}{PARTIAL_SUFFIX}").exists(), "another process's download stayed"
+        filler.unlink()  # the operator frees space
+        other.send("go")
+        assert other.finish() == 0, other.seen
+        fetched = await cache.fetch(KuboBlocks(kb), m.cid, m.sha256, m.size)
+    assert fetched.read_bytes() == (tmp_path / "m").read_bytes()
+    assert cache.path(c.cid).read_bytes() == (tmp_path / "c").read_bytes()
+
+
+async def test_fetch_twoFetchesIntoOnePartialFile_theSecondIsRefused(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    """Without a cache to make them take turns, a second writer is refused, not appended."""
+    f = await _publish_random(kubo_pair, tmp_path / "src.bin", 4 * MIB, seed=66)
+    dest = tmp_path / "model.gguf"
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        results = await asyncio.gather(
+            fetch_file(Slow(kb, delay=0.01), f.cid, dest, f.sha256),
+            fetch_file(Slow(kb, delay=0.01), f.cid, dest, f.sha256),
+            return_exceptions=True,
+        )
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], FetchInProgressError), results
+    assert refused[0].partial == dest.with_name(dest.name + PARTIAL_SUFFIX)
+    assert dest.read_bytes() == (tmp_path / "src.bin").read_bytes()
+
+
+class AppendsBehindTheFetch(KuboBlocks):
+    """A real kubo source; after the last leaf something that ignores locks appends to the file."""
+
+    def __init__(self, kubo: KuboClient, partial: Path) -> None:
+        super().__init__(kubo)
+        self.partial = partial
+
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
+        async for item in super().leaves(dag, start):
+            yield item
+        with self.partial.open("ab") as stray:
+            stray.write(b"x" * 10)
+
+
+async def test_fetch_fileOnDiskLargerThanTheDag_isNeverRenamedToTheVerifiedName(
+    kubo_pair: tuple[KuboDaemon, KuboDaemon], tmp_path: Path
+) -> None:
+    """The hashes cover the bytes the fetch wrote, not what else the file holds: the size on disk
+    must be the DAG's before the rename."""
+    f = await _publish_random(kubo_pair, tmp_path / "src.bin", 2 * MIB + 3, seed=67)
+    dest = tmp_path / "model.gguf"
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    async with KuboClient(kubo_pair[1].api_url) as kb:
+        with pytest.raises(IntegrityError, match="on disk") as info:
+            await fetch_file(AppendsBehindTheFetch(kb, partial), f.cid, dest, f.sha256)
+    assert info.value.actual == f"{f.size + 10} bytes"
+    assert not dest.exists() and not partial.exists()
