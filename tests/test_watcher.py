@@ -1,4 +1,8 @@
-"""The event watcher against real Anvil processes: confirmations, batches, resume, restarts, reorgs."""
+"""The event watcher against real Anvil processes: confirmations, batches, resume, restarts, reorgs.
+
+Hosted providers' caps and failures (getLogs limits, truncated answers, lagging backends) are
+played by a loopback JSON-RPC relay (tests/rpc_relay.py) in front of the real Anvil.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,17 @@ from web3.contract import Contract
 from chain.artifacts import load_artifact
 from chain.deploy import deploy_all
 from chain.errors import ChainError
-from chain.watcher import RETRYABLE_ERRORS, ChainEvent, EventWatcher
+from chain.watcher import (
+    RETRYABLE_ERRORS,
+    BlockUnavailableError,
+    ChainEvent,
+    ChainIdentityError,
+    EventWatcher,
+    LogQueryUnsplittable,
+    ReorgTooDeepError,
+)
 from tests.conftest import free_port, tool
+from tests.rpc_relay import Forward, RpcRelay, rpc_error
 
 ADMIN_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # Anvil's account 0
 USER = Web3.to_checksum_address("0x70997970c51812dc3a010c7d01b50e0d4e6ba6c8")  # Anvil's account 1
@@ -58,6 +71,7 @@ class AnvilProcess:
         self.port = free_port()
         self.chain_id = chain_id
         self.state_file = state_file
+        self.extra_args: list[str] = []  # more anvil options for the next start()
         self.proc: subprocess.Popen | None = None
         # No provider-level retries: the watcher's own retry loop is what is under test.
         self.w3 = Web3(
@@ -73,6 +87,7 @@ class AnvilProcess:
         args += ["--chain-id", str(self.chain_id)]
         if self.state_file is not None:
             args += ["--state", str(self.state_file)]
+        args += self.extra_args
         # `anvil` from npm is a node wrapper around the native binary: a session of its own lets
         # stop() kill both, where killing the wrapper alone would orphan a still-serving Anvil.
         self.proc = subprocess.Popen(
@@ -176,12 +191,14 @@ class Devnet:
     def mine(self, blocks: int = 1) -> None:
         self.w3.provider.make_request("anvil_mine", [hex(blocks)])
 
-    def watcher(self, state_path: Path, **kwargs: Any) -> EventWatcher:
+    def watcher(self, state_path: Path, *, w3: Web3 | None = None, **kwargs: Any) -> EventWatcher:
+        """A watcher of every contract, reading through `w3` (a relay's) or straight from Anvil."""
         kwargs.setdefault("start_block", self.deployment.block_number + 1)
         kwargs.setdefault("poll_interval", 0.02)
         kwargs.setdefault("initial_backoff", 0.02)
         kwargs.setdefault("max_backoff", 0.2)
-        return EventWatcher(self.w3, self.contracts(), state_path, **kwargs)
+        kwargs.setdefault("missing_block_backoff", 0.01)
+        return EventWatcher(w3 or self.w3, self.contracts(), state_path, **kwargs)
 
 
 def start_devnet(anvil_factory: Callable[..., AnvilProcess], **kwargs: Any) -> Devnet:
@@ -211,6 +228,77 @@ def devnet(deployed: Devnet) -> Iterator[Devnet]:
     finally:
         assert deployed.w3.provider.make_request("evm_revert", [snapshot])["result"] is True
         assert deployed.w3.eth.block_number == deployed.deployment.block_number
+
+
+@pytest.fixture
+def relay_factory() -> Iterator[Callable[[AnvilProcess], RpcRelay]]:
+    """Start loopback JSON-RPC relays in front of Anvil processes; all are stopped at the end."""
+    started: list[RpcRelay] = []
+
+    def start(node: AnvilProcess) -> RpcRelay:
+        relay = RpcRelay(f"http://127.0.0.1:{node.port}")
+        started.append(relay)
+        return relay.start()
+
+    yield start
+    for relay in started:
+        relay.stop()
+
+
+class RunningWatcher:
+    """`watcher.run()` in a thread, as the daemons run it; stopped and joined on exit."""
+
+    def __init__(self, watcher: EventWatcher) -> None:
+        self.watcher = watcher
+        self.delivered: queue.Queue[ChainEvent] = queue.Queue()
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.watcher.run(self.delivered.put, self.stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> RunningWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self._thread.join(timeout=30)
+        assert not self._thread.is_alive(), "run() did not stop within 30 s of stop being set"
+
+    def next_events(self, count: int, timeout: float = 30.0) -> list[ChainEvent]:
+        """The next `count` delivered events; fails after `timeout` seconds without them."""
+        deadline = time.monotonic() + timeout
+        events = []
+        while len(events) < count:
+            remaining = deadline - time.monotonic()
+            try:
+                events.append(self.delivered.get(timeout=max(remaining, 0.001)))
+            except queue.Empty:
+                raise AssertionError(
+                    f"run() delivered {len(events)} of {count} events in {timeout} s "
+                    f"(ended with {self.error!r})"
+                ) from None
+        return events
+
+    def ended_with(self, timeout: float = 30.0) -> BaseException:
+        """The exception run() ended with; fails if it is still running after `timeout` seconds."""
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            raise AssertionError(f"run() still running after {timeout} s")
+        assert self.error is not None, "run() returned without an error"
+        return self.error
+
+    def drained(self) -> list[ChainEvent]:
+        """What was delivered and not yet taken."""
+        events = []
+        while not self.delivered.empty():
+            events.append(self.delivered.get_nowait())
+        return events
 
 
 def minted(events: list[ChainEvent]) -> list[int]:
@@ -555,22 +643,29 @@ def test_poll_reorgBelowTheConfirmationDepthIsNeverSeen(devnet: Devnet, tmp_path
     assert forks == []
 
 
-def test_poll_reorgDeeperThanHistoryRollsBackBeforeTheOldestAndWarns(
+def test_poll_reorgDeeperThanHistoryStopsWithAClearErrorInsteadOfGuessing(
     devnet: Devnet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """No stored hash is on the chain: the fork point is unknown, so nothing is guessed or skipped."""
+    state = tmp_path / "state.json"
     forks: list[int] = []
-    watcher = devnet.watcher(tmp_path / "state.json", confirmations=0, history=3, on_reorg=forks.append)
+    watcher = devnet.watcher(state, confirmations=0, history=3, on_reorg=forks.append)
     devnet.mine(10)
     watcher.poll()
     last = watcher.last_processed
-    stored = json.loads((tmp_path / "state.json").read_text())["block_hashes"]
+    stored = json.loads(state.read_text())["block_hashes"]
     assert sorted(int(n) for n in stored) == [last - 2, last - 1, last]
-    reorg(devnet, depth=6, replacement_amounts=[])
-    devnet.mint(9)
-    events = watcher.poll()
-    assert forks == [last - 3]
+    before = state.read_bytes()
+    # Six new blocks, each with a mint: three of them lie below the oldest remembered block.
+    reorg(devnet, depth=6, replacement_amounts=[10, 20, 30, 40, 50, 60])
+    with pytest.raises(ReorgTooDeepError, match=r"deeper than history=3 .*Delete the state file") as info:
+        watcher.poll()
+    assert (info.value.last_processed, info.value.oldest_known, info.value.history) == (last, last - 2, 3)
+    assert forks == [] and state.read_bytes() == before
     assert _records(caplog, "watcher.deep_reorg")
-    assert minted(events) == [9]
+    # The fix the message names: a resync from the deployment block sees the whole new branch.
+    state.unlink()
+    assert minted(devnet.watcher(state, confirmations=0).poll()) == [10, 20, 30, 40, 50, 60]
 
 
 def test_poll_chainRevertedBelowTheLastProcessedBlockRewinds(devnet: Devnet, tmp_path: Path) -> None:
@@ -602,3 +697,329 @@ def test_watcher_rpcDown_logsNoApiKeyOfTheUrl(tmp_path: Path, caplog: pytest.Log
             watcher.poll()
     assert "chain_check_deferred" in caplog.text
     assert "SECRET_KEY" not in caplog.text
+
+
+# ---------------------------------------------------------------- hosted providers' caps and failures
+
+
+def cap_block_range(limit: int, code: int, message: str, status: int = 200) -> Callable[..., Any]:
+    """A provider that refuses eth_getLogs over more than `limit` blocks with the given error."""
+
+    def behaviour(request: dict, forward: Forward) -> Any:
+        if request["method"] == "eth_getLogs":
+            query = request["params"][0]
+            if int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1 > limit:
+                return status, rpc_error(request, code, message)
+        return forward(request)
+
+    return behaviour
+
+
+def cap_results(limit: int, code: int, message: str, status: int = 200) -> Callable[..., Any]:
+    """A provider that refuses an eth_getLogs answer of more than `limit` logs with the given error."""
+
+    def behaviour(request: dict, forward: Forward) -> Any:
+        answer = forward(request)
+        if request["method"] == "eth_getLogs" and len(answer.get("result", [])) > limit:
+            return status, rpc_error(request, code, message, data={"limit": limit})
+        return answer
+
+    return behaviour
+
+
+def getlogs_spans(relay: RpcRelay) -> list[int]:
+    """The block counts of the eth_getLogs queries the relay received, in order."""
+    return [
+        int(q["toBlock"], 16) - int(q["fromBlock"], 16) + 1
+        for q in (r["params"][0] for r in relay.requests("eth_getLogs"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        cap_block_range(50, -32000, "query exceeds max block range 50"),
+        cap_block_range(50, -32602, "eth_getLogs is limited to 50 blocks range"),
+        cap_block_range(50, -32602, "block range is too wide, max range 50", status=400),
+        cap_results(2, -32005, "query returned more than 2 results"),
+    ],
+    ids=["maxBlockRange", "limitedToBlocks", "rangeTooWideHttp400", "moreThanNResults"],
+)
+def test_run_getLogsCapErrorSplitsTheRangeAndGrowsItBack(
+    devnet: Devnet,
+    relay_factory: Callable[[AnvilProcess], RpcRelay],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    provider: Callable[..., Any],
+) -> None:
+    """A hosted provider's eth_getLogs cap, played by a loopback relay in front of the real Anvil.
+
+    Retrying the refused range forever would deliver nothing; the watcher halves it instead and
+    doubles it back after `regrow_after` successes, so it keeps probing for the configured batch.
+    Scaled down ten times (a cap of 50 blocks under batches of 200) to keep Anvil's mining quick.
+    """
+    relay = relay_factory(devnet.node)
+    relay.behaviour = provider
+    amounts = list(range(1, 13))
+    for amount in amounts:
+        devnet.mint(amount)
+        devnet.mine(19)  # 12 mints over 240 blocks: more than one 200-block batch
+    devnet.mine()
+    caplog.set_level(logging.INFO, logger="chain.watcher")
+    watcher = devnet.watcher(
+        tmp_path / "state.json", w3=relay.w3, confirmations=1, batch_size=200, regrow_after=2
+    )
+    with RunningWatcher(watcher) as running:
+        assert minted(running.next_events(len(amounts))) == amounts
+        wait_until(lambda: watcher.last_processed == devnet.w3.eth.block_number - 1, what="catch-up")
+    assert running.error is None and running.drained() == []
+    spans = getlogs_spans(relay)
+    assert spans[0] == 200 and 100 in spans
+    split = _records(caplog, "watcher.range_split")
+    assert split and "reason=provider_cap" in split[0].getMessage()
+    # Grown back: after a success at a halved span, a wider query is tried again.
+    assert any(b > a for a, b in itertools.pairwise(spans))
+    assert not _records(caplog, "watcher.rpc_error")  # a cap is not an outage
+
+
+def test_poll_singleBlockRefusedByTheProviderRaisesAClearError(
+    devnet: Devnet, relay_factory: Callable[[AnvilProcess], RpcRelay], tmp_path: Path
+) -> None:
+    """A relay in front of Anvil refuses every eth_getLogs answer with more than one log."""
+    relay = relay_factory(devnet.node)
+    relay.behaviour = cap_results(0, -32005, "query returned more than 0 results")
+    devnet.mint(1)
+    watcher = devnet.watcher(tmp_path / "state.json", w3=relay.w3, confirmations=0)
+    with pytest.raises(
+        LogQueryUnsplittable, match=r"block \d+ cannot be read completely .*RPC provider"
+    ) as info:
+        watcher.poll()
+    assert info.value.reason == "provider_cap" and "more than 0 results" in info.value.detail
+    assert watcher.last_processed == info.value.block - 1
+
+
+def truncate_logs(limit: int) -> Callable[..., Any]:
+    """A provider that silently cuts every eth_getLogs answer to its first `limit` logs."""
+
+    def behaviour(request: dict, forward: Forward) -> Any:
+        answer = forward(request)
+        if request["method"] == "eth_getLogs":
+            answer["result"] = answer["result"][:limit]
+        return answer
+
+    return behaviour
+
+
+def test_poll_fullGetLogsAnswerIsReadAgainInHalvesNotTrusted(
+    devnet: Devnet, relay_factory: Callable[[AnvilProcess], RpcRelay], tmp_path: Path
+) -> None:
+    """A provider that truncates getLogs answers without an error, played by a loopback relay.
+
+    An answer with max_logs_per_query logs may be cut: its range is split and read again, so no
+    event is lost and no range is saved as processed on a truncated answer.
+    """
+    relay = relay_factory(devnet.node)
+    relay.behaviour = truncate_logs(3)
+    amounts = [1, 2, 3, 4, 5, 6, 7, 8]
+    for amount in amounts:
+        devnet.mint(amount)
+        devnet.mine(amount % 3)
+    state = tmp_path / "state.json"
+    watcher = devnet.watcher(state, w3=relay.w3, confirmations=0, max_logs_per_query=3)
+    events = watcher.poll()
+    assert minted(events) == amounts
+    assert events == devnet.watcher(tmp_path / "direct.json", confirmations=0).poll()
+    assert json.loads(state.read_text())["last_processed"] == devnet.w3.eth.block_number
+    assert min(getlogs_spans(relay)) < max(getlogs_spans(relay))  # it did split
+
+
+def test_poll_singleBlockAtTheResultBoundRaisesAClearError(devnet: Devnet, tmp_path: Path) -> None:
+    per_block: dict[int, int] = {}
+    for entry in devnet.w3.eth.get_logs({"fromBlock": 0, "toBlock": devnet.deployment.block_number}):
+        per_block[entry["blockNumber"]] = per_block.get(entry["blockNumber"], 0) + 1
+    block, count = max(per_block.items(), key=lambda item: item[1])
+    assert count >= 2
+    watcher = devnet.watcher(
+        tmp_path / "state.json", start_block=block, confirmations=0, max_logs_per_query=count
+    )
+    with pytest.raises(
+        LogQueryUnsplittable, match=rf"block {block} .*raise max_logs_per_query above {count}"
+    ) as info:
+        watcher.poll()
+    assert (info.value.block, info.value.reason, info.value.limit) == (block, "result_bound", count)
+    assert watcher.last_processed == block - 1
+
+
+# ---------------------------------------------------------------- another chain behind the same URL
+
+
+def test_run_devnetResetWithSameChainIdAndAddressesStops(
+    anvil_factory: Callable[..., AnvilProcess], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anvil restarted empty on the same port and redeployed: same chain id, same addresses."""
+    state = tmp_path / "state.json"
+    devnet = start_devnet(anvil_factory)
+    genesis_block = devnet.w3.eth.get_block(0)
+    genesis = Web3.to_hex(genesis_block["hash"])
+    watcher = devnet.watcher(state, confirmations=0)
+    with RunningWatcher(watcher) as running:
+        devnet.mint(1)
+        [event] = running.next_events(1)
+        assert minted([event]) == [1]
+        wait_until(lambda: watcher.last_processed >= event.block_number, what="the batch persisted")
+        assert json.loads(state.read_text())["genesis_hash"] == genesis
+        devnet.node.stop()
+        # No --state: a new chain. Its genesis hash depends on the genesis timestamp (seconds), so
+        # a restart within the same second would give the same one: set it apart explicitly.
+        devnet.node.extra_args = ["--timestamp", str(genesis_block["timestamp"] + 3600)]
+        devnet.node.start()
+        reset = Devnet(node=devnet.node, deployment=deploy_all(devnet.w3, devnet.admin), admin=devnet.admin)
+        assert reset.deployment.network_token == devnet.deployment.network_token
+        reset.mint(5)
+        error = running.ended_with()
+    assert isinstance(error, ChainIdentityError), repr(error)
+    assert error.expected_chain_id == error.actual_chain_id == 31337
+    assert error.expected_genesis == genesis != error.actual_genesis
+    assert running.drained() == []  # nothing of the new chain was delivered as ours
+    assert _records(caplog, "watcher.stopped")
+    # A restarted daemon refuses the state file at once, with the fix in the message.
+    with pytest.raises(ChainIdentityError, match=r"genesis block .*reset or replaced.*delete it"):
+        reset.watcher(state)
+
+
+def test_stateFile_withoutGenesisHashIsReadAndRecordsIt(
+    devnet: Devnet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """State files written before the genesis hash was kept stay readable (the hash is recorded)."""
+    state = tmp_path / "state.json"
+    devnet.mint(1)
+    devnet.watcher(state, confirmations=0).poll()
+    document = json.loads(state.read_text())
+    del document["genesis_hash"]
+    state.write_text(json.dumps(document))
+    caplog.set_level(logging.INFO, logger="chain.watcher")
+    resumed = devnet.watcher(state, confirmations=0)
+    assert _records(caplog, "watcher.genesis_recorded")
+    devnet.mint(2)
+    assert minted(resumed.poll()) == [2]
+    assert json.loads(state.read_text())["genesis_hash"] == Web3.to_hex(devnet.w3.eth.get_block(0)["hash"])
+
+
+def test_run_rpcComingBackAsAnotherChainIdStops(
+    anvil_factory: Callable[..., AnvilProcess], tmp_path: Path
+) -> None:
+    """Anvil restarted on the same port, from the same --state, but with another --chain-id."""
+    devnet = start_devnet(anvil_factory, state_file=tmp_path / "anvil-state.json")
+    genesis = devnet.w3.eth.get_block(0)["hash"]
+    watcher = devnet.watcher(tmp_path / "state.json", confirmations=0)
+    with RunningWatcher(watcher) as running:
+        devnet.mint(1)
+        assert minted(running.next_events(1)) == [1]
+        devnet.node.stop()
+        devnet.node.chain_id = 777
+        devnet.node.start()
+        # Same blocks, same genesis, same contracts: only the chain id tells the chains apart.
+        assert devnet.w3.eth.get_block(0)["hash"] == genesis
+        devnet.mint(7)
+        error = running.ended_with()
+    assert isinstance(error, ChainIdentityError), repr(error)
+    assert (error.expected_chain_id, error.actual_chain_id) == (31337, 777)
+    assert running.drained() == []
+
+
+# ---------------------------------------------------------------- lagging backends, failing on_reorg
+
+
+def null_blocks(numbers: set[int], times: int | None) -> Callable[..., Any]:
+    """A lagging backend: eth_getBlockByNumber answers null for `numbers`, `times` times (None: always)."""
+    served: dict[int, int] = {}
+
+    def behaviour(request: dict, forward: Forward) -> Any:
+        if request["method"] == "eth_getBlockByNumber" and request["params"][0].startswith("0x"):
+            number = int(request["params"][0], 16)
+            if number in numbers and (times is None or served.get(number, 0) < times):
+                served[number] = served.get(number, 0) + 1
+                return {"jsonrpc": "2.0", "id": request["id"], "result": None}
+        return forward(request)
+
+    return behaviour
+
+
+@pytest.mark.parametrize("which", ["lastProcessed", "newBlock"])
+def test_poll_nullBlockFromALaggingBackendIsRetriedNotAReorg(
+    devnet: Devnet,
+    relay_factory: Callable[[AnvilProcess], RpcRelay],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    which: str,
+) -> None:
+    """A load-balanced provider's lagging backend, played by a relay: `null` for a block below the head."""
+    relay = relay_factory(devnet.node)
+    forks: list[int] = []
+    caplog.set_level(logging.INFO, logger="chain.watcher")
+    watcher = devnet.watcher(tmp_path / "state.json", w3=relay.w3, confirmations=0, on_reorg=forks.append)
+    devnet.mint(1)
+    assert minted(watcher.poll()) == [1]
+    receipt = devnet.mint(2)
+    missing = watcher.last_processed if which == "lastProcessed" else receipt["blockNumber"]
+    relay.behaviour = null_blocks({missing}, times=1)
+    assert minted(watcher.poll()) == [2]  # at once: neither a rewind nor a "chain moved" pass
+    assert forks == []
+    assert len(_records(caplog, "watcher.block_missing")) == 1
+    assert not _records(caplog, "watcher.chain_moved")
+
+
+def test_poll_blockStillNullAfterTheRetriesRaisesRetryableAndKeepsTheState(
+    devnet: Devnet, relay_factory: Callable[[AnvilProcess], RpcRelay], tmp_path: Path
+) -> None:
+    """A relay in front of Anvil answers null for the last processed block, again and again."""
+    relay = relay_factory(devnet.node)
+    forks: list[int] = []
+    watcher = devnet.watcher(
+        tmp_path / "state.json", w3=relay.w3, confirmations=0, on_reorg=forks.append, missing_block_retries=3
+    )
+    devnet.mint(1)
+    assert minted(watcher.poll()) == [1]
+    last = watcher.last_processed
+    relay.behaviour = null_blocks({last}, times=None)
+    devnet.mint(2)
+    with pytest.raises(BlockUnavailableError) as info:
+        watcher.poll()
+    assert isinstance(info.value, RETRYABLE_ERRORS)
+    assert (info.value.number, info.value.attempts) == (last, 4)
+    assert forks == [] and watcher.last_processed == last
+    relay.behaviour = None  # the backend caught up
+    assert minted(watcher.poll()) == [2]
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), ValueError("bug in on_reorg")], ids=repr)
+def test_run_onReorgFailureIsLoggedOnceAndRaised(
+    devnet: Devnet, tmp_path: Path, caplog: pytest.LogCaptureFixture, failure: Exception
+) -> None:
+    """on_reorg is guarded like the handler: an OSError is not an RPC error to retry forever."""
+    calls: list[int] = []
+
+    def on_reorg(fork: int) -> None:
+        calls.append(fork)
+        raise failure
+
+    state = tmp_path / "state.json"
+    watcher = devnet.watcher(state, confirmations=1, on_reorg=on_reorg)
+    devnet.mint(1)
+    devnet.mint(2)
+    devnet.mine()
+    assert minted(watcher.poll()) == [1, 2]
+    last = watcher.last_processed
+    fork = reorg(devnet, depth=2, replacement_amounts=[20])
+    caplog.set_level(logging.INFO, logger="chain.watcher")
+    with RunningWatcher(watcher) as running:
+        error = running.ended_with()
+    assert error is failure and calls == [fork]
+    [line] = _records(caplog, "watcher.on_reorg_failed")
+    assert f"fork_block={fork} " in line.getMessage() and type(failure).__name__ in line.getMessage()
+    assert not _records(caplog, "watcher.rpc_error")
+    assert watcher.last_processed == last  # not rewound: the next attempt calls on_reorg again
+    assert running.drained() == []
+    with pytest.raises(type(failure)):
+        watcher.poll()  # poll() raises on_reorg's own exception too
+    assert calls == [fork, fork] and len(_records(caplog, "watcher.on_reorg_failed")) == 2
