@@ -21,6 +21,7 @@ from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
 from storage import KuboClient, ProgressBar
 from storage.cid import Cid
 from storage.errors import CidError
+from storage.gguf import read_header
 from storage.publish import PublishedFile, publish
 
 SHA256 = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
@@ -51,6 +52,12 @@ def file_facts(args: argparse.Namespace) -> PublishedFile:
     if args.path is not None:
         if args.cid or args.sha256 or args.size:
             raise UsageError("give either PATH or --cid/--sha256/--size, not both")
+        # Refused before anything is pinned or proposed: a version can never be changed later.
+        header = read_header(args.path)
+        print(
+            f"{args.path}: GGUF v{header.version}, {header.architecture or 'unknown'} architecture, "
+            f"{header.tensor_count} tensors"
+        )
         return asyncio.run(_publish(args.kubo_api, args.path))
     if not (args.cid and args.sha256 and args.size):
         raise UsageError("give the .gguf PATH to publish, or --cid, --sha256 and --size of a published file")

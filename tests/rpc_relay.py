@@ -2,12 +2,14 @@
 
 Tests point a client at `RpcRelay.url`; every request is forwarded to the real upstream (Anvil)
 unless the relay's `behaviour` answers it differently: a `getLogs` cap error, a silently truncated
-answer, a `null` block from a lagging backend. The relay listens on 127.0.0.1 on a port the kernel
-picks and is stopped by the fixture that started it.
+answer, a `null` block from a lagging backend, an answer held back past the client's timeout. While
+`down` is set it drops every connection unanswered (an outage). The relay listens on 127.0.0.1 on
+a port the kernel picks and is stopped by the fixture that started it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -41,6 +43,8 @@ class RpcRelay:
         self.behaviour: Behaviour | None = None
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
+        self.down = threading.Event()
+        self.dropped = 0
         relay = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,13 +54,19 @@ class RpcRelay:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if relay.down.is_set():
+                    with relay._lock:
+                        relay.dropped += 1
+                    self.close_connection = True
+                    return
                 status, answer = relay._answer(json.loads(body))
                 payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                with contextlib.suppress(OSError):  # a client that gave up waiting has gone
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: pytest shows the watcher's own log lines."""

@@ -18,6 +18,7 @@ import pytest
 from chain.accounts import ANVIL_DEV_KEYS, dev_account
 from chain.artifacts import load_artifact
 from tests.conftest import ROOT, free_port
+from tests.gguf_models import write_tiny_llama
 
 ANVIL_ADDRESS_9 = "0xa0Ee7A142d267C1f36714E4a8F75612F20a79720"
 GEMMA_SHA = "a5fd3b62" + "00" * 28  # shape only: the registry stores what the publisher declares
@@ -397,9 +398,13 @@ def test_publishModel_addsToTheDevnetsKuboAndProposesWithKubosCid(devnet: Devnet
     the CID on chain is the one kubo reports, and the pinned file survives a devnet restart."""
     import hashlib
 
-    model = tmp_path / "tiny.gguf"
-    model.write_bytes(b"GGUF" + bytes(range(256)) * 5000)
+    model = write_tiny_llama(tmp_path / "tiny.gguf")
     args = ["--dev-account", "2", "--name", "tiny-model", "--context", "2048", "--price-per-1k", "0.001"]
+    text = tmp_path / "notes.gguf"
+    text.write_text("not a model\n")
+    refused = script(devnet, "publish_model", str(text), *args)
+    assert refused.returncode == 1 and "not start with the GGUF magic" in refused.stderr
+    assert "pinned" not in refused.stdout  # refused before anything was added or proposed
     out = ok(script(devnet, "publish_model", str(model), *args, "--specialties", "python"))
     cid = out.split(" as ", 1)[1].split()[0]
     kubo_cid = httpx.post(

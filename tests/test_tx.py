@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import http.server
 import json
 import logging
 import os
@@ -14,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from eth_account import Account
 from web3 import Web3
@@ -24,6 +21,7 @@ from chain.accounts import dev_account
 from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, redact
 from chain.tx import TxSender
 from tests.conftest import ROOT, free_port
+from tests.rpc_relay import Behaviour, Forward, RpcRelay
 
 ETHER = 10**18
 
@@ -400,68 +398,43 @@ def test_send_fillsNonceGapNobodySent(chain_snapshot, token, monkeypatch) -> Non
     assert token.functions.balanceOf(bob).call() == ETHER
 
 
-class _Relay:
-    """A real HTTP relay in front of Anvil that plays a hosted provider's faults: it can hold back
-    its answer to the first eth_sendRawTransaction past the client's timeout (the node got the
-    transaction, the client never heard so, and web3's provider retries the send), and while `down`
-    is set it drops every connection unanswered (an outage)."""
+def _holding_first_send(hold: float, answers: list[dict]) -> Behaviour:
+    """Forward everything, but hold back the answer to the first eth_sendRawTransaction past the
+    client's timeout: the node got the transaction, the client never heard so, and web3's provider
+    retries the send. Every answer to a send is kept in `answers`."""
 
-    def __init__(self, upstream: str, hold_first_send: float = 0.0) -> None:
-        relay = self
+    def behaviour(request: dict, forward: Forward) -> dict:
+        answer = forward(request)
+        if request.get("method") == "eth_sendRawTransaction":
+            answers.append(answer)
+            if len(answers) == 1:
+                time.sleep(hold)
+        return answer
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if relay.down.is_set():
-                    relay.dropped += 1
-                    self.close_connection = True
-                    return
-                json_type = {"Content-Type": "application/json"}
-                answer = httpx.post(upstream, content=body, headers=json_type).content
-                if json.loads(body).get("method") == "eth_sendRawTransaction":
-                    relay.sends.append(json.loads(answer))
-                    if len(relay.sends) == 1:
-                        time.sleep(hold_first_send)
-                with contextlib.suppress(OSError):
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.sends: list[dict] = []
-        self.down = threading.Event()
-        self.dropped = 0
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
+    return behaviour
 
 
-def test_send_answerLostAndSendRetried_sendsTheCallOnce(chain_snapshot: Web3, tmp_path) -> None:
+@pytest.fixture
+def relay(chain_snapshot: Web3) -> Iterator[RpcRelay]:
+    """A loopback relay in front of the test Anvil that plays a hosted provider's faults."""
+    relay = RpcRelay(chain_snapshot.provider.endpoint_uri).start()
+    yield relay
+    relay.down.clear()
+    relay.stop()
+
+
+def test_send_answerLostAndSendRetried_sendsTheCallOnce(chain_snapshot: Web3, relay, tmp_path) -> None:
     """The retry is answered "nonce too low" about our own transaction: it must not count as a
     conflict that sends the transfer a second time."""
-    anvil_url = chain_snapshot.provider.endpoint_uri
-    relay = _Relay(anvil_url, hold_first_send=2.0)
-    try:
-        w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 1}))  # default retries
-        sender = TxSender(w3, dev_account(0), nonce_lock_dir=tmp_path)
-        recipient = Account.create().address
-        before = chain_snapshot.eth.get_transaction_count(sender.address)
-        sender.send_value(recipient, ETHER)
-    finally:
-        relay.close()
-    assert len(relay.sends) >= 2, "the provider did not retry: the fault was not reproduced"
-    assert "error" in relay.sends[1]  # the node's answer to the retry
+    sends: list[dict] = []
+    relay.behaviour = _holding_first_send(2.0, sends)
+    w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 1}))  # default retries
+    sender = TxSender(w3, dev_account(0), nonce_lock_dir=tmp_path)
+    recipient = Account.create().address
+    before = chain_snapshot.eth.get_transaction_count(sender.address)
+    sender.send_value(recipient, ETHER)
+    assert len(sends) >= 2, "the provider did not retry: the fault was not reproduced"
+    assert "error" in sends[1]  # the node's answer to the retry
     assert chain_snapshot.eth.get_balance(recipient) == ETHER
     assert chain_snapshot.eth.get_transaction_count(sender.address) == before + 1
 
@@ -488,52 +461,44 @@ def test_send_nodeUnreachable_errorDoesNotLeakTheUrlsKey(tmp_path) -> None:
     assert "SECRET_KEY" not in str(info.value)
 
 
-def _via(relay: _Relay, contract: Contract) -> tuple[Web3, Contract]:
+def _via(relay: RpcRelay, contract: Contract) -> tuple[Web3, Contract]:
     w3 = Web3(Web3.HTTPProvider(relay.url, request_kwargs={"timeout": 2}))
     return w3, w3.eth.contract(address=contract.address, abi=contract.abi)
 
 
-def test_wait_rpcOutage_keepsPollingAndReturnsTheReceiptOnce(token, automine_off, tmp_path) -> None:
+def test_wait_rpcOutage_keepsPollingAndReturnsTheReceiptOnce(token, automine_off, relay, tmp_path) -> None:
     """An RPC outage (the relay drops every connection) while the receipt is awaited, and the
     transaction is mined meanwhile: before, the raw ConnectionError reached the caller, whose natural
     retry paid twice. Now the sender polls through the outage and returns the one receipt."""
     anvil, owner = automine_off, dev_account(0)
-    relay = _Relay(anvil.provider.endpoint_uri)
-    try:
-        w3, via = _via(relay, token)
-        sender = TxSender(w3, owner, receipt_timeout=60, poll_interval=0.02, nonce_lock_dir=tmp_path)
-        bob = Account.create().address
-        nonce = nonce_of(anvil, owner.address)
-        thread, outcome = _send_in_thread(sender, via.functions.transfer(bob, ETHER))
-        _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
-        relay.down.set()
-        _wait_until(lambda: relay.dropped >= 20)  # the sender kept polling into the outage
-        anvil.provider.make_request("evm_mine", [])  # mined while the node is out of reach
-        relay.down.clear()
-        thread.join(timeout=60)
-    finally:
-        relay.down.clear()
-        relay.close()
+    w3, via = _via(relay, token)
+    sender = TxSender(w3, owner, receipt_timeout=60, poll_interval=0.02, nonce_lock_dir=tmp_path)
+    bob = Account.create().address
+    nonce = nonce_of(anvil, owner.address)
+    thread, outcome = _send_in_thread(sender, via.functions.transfer(bob, ETHER))
+    _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
+    relay.down.set()
+    _wait_until(lambda: relay.dropped >= 20)  # the sender kept polling into the outage
+    anvil.provider.make_request("evm_mine", [])  # mined while the node is out of reach
+    relay.down.clear()
+    thread.join(timeout=60)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["receipt"]["status"] == 1
     assert token.functions.balanceOf(bob).call() == ETHER
     assert nonce_of(anvil, owner.address) == nonce + 1  # sent once
 
 
-def test_wait_rpcDownUntilTheDeadline_raisesTxTimeoutWithTheHash(token, automine_off, tmp_path) -> None:
+def test_wait_rpcDownUntilTheDeadline_raisesTxTimeoutWithTheHash(
+    token, automine_off, relay, tmp_path
+) -> None:
     anvil, owner = automine_off, dev_account(0)
-    relay = _Relay(anvil.provider.endpoint_uri)
-    try:
-        w3, via = _via(relay, token)
-        sender = TxSender(w3, owner, receipt_timeout=2, poll_interval=0.05, nonce_lock_dir=tmp_path)
-        nonce = nonce_of(anvil, owner.address)
-        thread, outcome = _send_in_thread(sender, via.functions.transfer(dev_account(1).address, ETHER))
-        _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
-        relay.down.set()
-        thread.join(timeout=30)
-    finally:
-        relay.down.clear()
-        relay.close()
+    w3, via = _via(relay, token)
+    sender = TxSender(w3, owner, receipt_timeout=2, poll_interval=0.05, nonce_lock_dir=tmp_path)
+    nonce = nonce_of(anvil, owner.address)
+    thread, outcome = _send_in_thread(sender, via.functions.transfer(dev_account(1).address, ETHER))
+    _wait_until(lambda: nonce_of(anvil, owner.address) == nonce + 1)
+    relay.down.set()
+    thread.join(timeout=30)
     err = outcome.get("error")
     assert isinstance(err, TxTimeout), err
     pending = anvil.provider.make_request("txpool_content", [])["result"]["pending"][owner.address.lower()]
