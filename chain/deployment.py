@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from web3.contract import Contract
 
 from chain.artifacts import load_artifact
 from chain.errors import ChainError, WrongNetwork
+from chain.files import write_atomic
 
 # Contract name -> Deployment field.
 CONTRACT_FIELDS = {
@@ -45,20 +44,9 @@ class Deployment:
 
 
 def save_deployment(deployment: Deployment, path: Path) -> None:
-    """Write the file atomically (temporary file, fsync, rename): a crash leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # public addresses, read by every component (mkstemp makes it 0600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(deployment.to_dict(), out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write the file atomically: a crash leaves the old one. Public addresses, read by every
+    component (perhaps as other users), so the file is world-readable."""
+    write_atomic(path, json.dumps(deployment.to_dict(), indent=2, sort_keys=True) + "\n", mode=0o644)
 
 
 def load_deployment(path: Path, w3: Web3 | None = None) -> Deployment:

@@ -51,7 +51,9 @@ from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCErro
 from web3.types import TxData, TxReceipt
 
 from chain.artifacts import load_artifact
-from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, decode_revert, redact
+from chain.errors import ChainError, GasCapExceeded, TxTimeout
+from chain.redact import redact
+from chain.revert import RevertError, decode_revert
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -50,7 +49,9 @@ from web3.exceptions import (
 )
 from web3.types import BlockData
 
-from chain.errors import ChainError, WrongNetwork, redact
+from chain.errors import ChainError, WrongNetwork
+from chain.files import write_atomic
+from chain.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -669,7 +670,7 @@ class EventWatcher:
             "last_processed": state.last_processed,
             "block_hashes": {str(n): h for n, h in sorted(state.hashes.items())},
         }
-        _atomic_write(self._state_path, json.dumps(document, indent=1))
+        write_atomic(self._state_path, json.dumps(document, indent=1))
         self._state = state
 
     def _load_state(self, start_block: int) -> _State:
@@ -825,19 +826,3 @@ def _parse_state(path: Path) -> _State:
         )
     except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
         raise ChainError(f"watcher state {path} is unreadable ({exc}): {_FIX_STATE}") from exc
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -6,14 +6,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chain.files import write_atomic
 
 # The seeds' node requirements. CPU-only nodes are allowed (small models run well on CPUs), so the
 # GPU minimum is a warning, never a refusal.
@@ -179,14 +179,8 @@ def build_config(**values: Any) -> NodeConfig:
 
 
 def save_config(config: NodeConfig, path: Path) -> None:
-    """Write the config atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as out:
-        out.write(config.model_dump_json(indent=2, exclude_none=True) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Write the config atomically (it names the keystore, so only its owner reads it)."""
+    write_atomic(path, config.model_dump_json(indent=2, exclude_none=True) + "\n", mode=0o600)
 
 
 def _errors(exc: ValidationError) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chain.views import status_name
 from scripts.common import UsageError, connect, parser, run
-
-STATUS = ("none", "proposed", "approved", "deprecated")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,13 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     count = session.models.functions.modelCount().call()
     if not 1 <= args.model_id <= count:
         raise UsageError(f"no model {args.model_id}: model ids run from 1 to {count} (status.py lists them)")
-    model = session.models.functions.getModel(args.model_id).call()
-    name, status = model[0], STATUS[model[9]]
-    if status == "approved":
-        print(f"model {args.model_id} ({name}) is already approved")
+    model = session.model(args.model_id)
+    if status_name(model.status) == "Approved":
+        print(f"model {args.model_id} ({model.name}) is already approved")
         return 0
     session.send(session.models.functions.approve(args.model_id))
-    print(f"approved model {args.model_id} ({name} v{model[10]}, cid {model[1]})")
+    print(f"approved model {args.model_id} ({model.name} v{model.version}, cid {model.cid})")
     return 0
 
 

@@ -7,24 +7,23 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
+from chain import units, views
 from chain.accounts import account_from_args, add_account_arguments
 from chain.deployment import Deployment, contract_at, load_deployment
-from chain.errors import ChainError, redact
+from chain.errors import ChainError
+from chain.redact import redact
 from chain.tx import TxSender
 from node.config import ConfigError
 from storage.errors import StorageError
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
 DEFAULT_DEPLOYMENT = Path(".devnet/deployment.json")
-DECIMALS = 18
-MAX_DIGITS = 80  # digits before the point: past any uint256, so huge exponents are refused cheaply
 
 
 class UsageError(Exception):
@@ -82,6 +81,18 @@ class Session:
     def vault(self) -> Contract:
         return self.contract("HysaVault")
 
+    def node(self, operator: str | None = None) -> views.NodeInfo:
+        """A node's registration and stake (this account's by default)."""
+        return views.node_info(self.nodes, operator or self.address)
+
+    def model(self, model_id: int) -> views.ModelInfo:
+        """One model version."""
+        return views.model_info(self.models, model_id)
+
+    def escrow(self, payer: str | None = None) -> views.Escrow:
+        """A payer's escrow (this account's by default)."""
+        return views.escrow_of(self.settlement, payer or self.address)
+
     @property
     def address(self) -> str:
         if self.account is None:
@@ -117,25 +128,11 @@ def connect(args: argparse.Namespace, *, need_account: bool = True) -> Session:
 
 
 def parse_amount(text: str, what: str = "amount") -> int:
-    """'1000' or '0.5' MESH -> base units (18 decimals). Refuses negatives and sub-wei precision."""
+    """'1000' or '0.5' MESH -> base units, or a UsageError saying what to write."""
     try:
-        value = Decimal(text.strip())
-    except InvalidOperation as exc:
-        raise UsageError(f"{what} {text!r} is not a number; write MESH like 1000 or 0.25") from exc
-    if not value.is_finite() or value <= 0:
-        raise UsageError(f"{what} must be a positive number of MESH, got {text}")
-    # In integers: Decimal arithmetic rounds to 28 digits, which would turn 99999999999.999999999999999999
-    # into 100000000000 before any check could see it.
-    _, digits, exponent = value.as_tuple()
-    if len(digits) + exponent > MAX_DIGITS:
-        raise UsageError(f"{what} {text} is larger than any token amount")
-    mantissa, shift = int("".join(map(str, digits))), int(exponent) + DECIMALS
-    if shift < 0 and mantissa % 10**-shift:
-        raise UsageError(f"{what} {text} has more than {DECIMALS} decimals")
-    units = mantissa * 10**shift if shift >= 0 else mantissa // 10**-shift
-    if units >= 2**256:
-        raise UsageError(f"{what} {text} is larger than any token amount")
-    return units
+        return units.parse_amount(text, what)
+    except units.AmountError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_address(w3: Web3, text: str, what: str) -> str:
@@ -143,13 +140,6 @@ def parse_address(w3: Web3, text: str, what: str) -> str:
     if not Web3.is_address(text):
         raise UsageError(f"{what} {text!r} is not an address; pass 0x followed by 40 hex digits")
     return w3.to_checksum_address(text)
-
-
-def fmt(amount: int) -> str:
-    """Base units -> '1,234.5 MESH' (exact, trailing zeros trimmed)."""
-    whole, frac = divmod(amount, 10**DECIMALS)
-    frac_text = f"{frac:018d}".rstrip("0")
-    return f"{whole:,}{'.' + frac_text if frac_text else ''} MESH"
 
 
 def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -176,5 +166,5 @@ def latest_approved(session: Session, name: str) -> int:
     if ids:
         raise UsageError(f"model {name!r} has versions {ids} but none is approved yet (approve_model.py)")
     count = session.models.functions.modelCount().call()
-    known = sorted({session.models.functions.getModel(i).call()[0] for i in range(1, count + 1)})
+    known = sorted({session.model(i).name for i in range(1, count + 1)})
     raise UsageError(f"unknown model {name!r}; registered: {', '.join(known) or 'none'}")

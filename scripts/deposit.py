@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import UsageError, connect, fmt, parse_address, parse_amount, parser, run
+from chain.units import format_token
+from scripts.common import UsageError, connect, parse_address, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,15 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     balance = session.token.functions.balanceOf(session.address).call()
     if balance < amount:
         raise UsageError(
-            f"insufficient balance: depositing {fmt(amount)} needs it, the account holds {fmt(balance)}"
+            f"insufficient balance: depositing {format_token(amount)} needs it, "
+            f"the account holds {format_token(balance)}"
         )
     session.send(session.token.functions.approve(session.settlement.address, amount))
     if payer == session.address:
         session.send(session.settlement.functions.deposit(amount))
     else:
         session.send(session.settlement.functions.depositFor(payer, amount))
-    escrow = session.settlement.functions.escrowOf(payer).call()
-    print(f"deposited {fmt(amount)} for {payer}; escrow now {fmt(escrow[0])}")
+    escrow = session.escrow(payer)
+    print(f"deposited {format_token(amount)} for {payer}; escrow now {format_token(escrow.balance)}")
     return 0
 
 

@@ -24,7 +24,8 @@ from chain.accounts import ANVIL_DEV_KEYS, dev_account
 from chain.deploy import deploy_all
 from chain.deployment import Deployment, contract_at, load_deployment, save_deployment
 from chain.tx import TxSender
-from scripts.common import fmt, run
+from chain.units import format_token
+from scripts.common import run
 from storage.daemon import KuboDaemon
 from storage.errors import StorageError
 
@@ -160,7 +161,9 @@ def summary(url: str, deployment_path: Path, deployment: Deployment, accounts: l
         if name.endswith(("token", "registry", "settlement", "vault"))
     ]
     lines.append("  accounts (use --dev-account N with the scripts):")
-    lines += [f"    [{i}] {a}  {fmt(token.functions.balanceOf(a).call())}" for i, a in enumerate(accounts)]
+    lines += [
+        f"    [{i}] {a}  {format_token(token.functions.balanceOf(a).call())}" for i, a in enumerate(accounts)
+    ]
     return "\n".join(lines)
 
 

@@ -10,7 +10,8 @@ from decimal import Decimal, InvalidOperation
 
 from web3 import Web3
 
-from scripts.common import UsageError, connect, fmt, parse_address, parse_amount, parser, run
+from chain.units import format_token
+from scripts.common import UsageError, connect, parse_address, parse_amount, parser, run
 
 DEFAULT_GAS_FUNDS = "1"  # ether: thousands of transactions on Anvil's 1-gwei-ish fees
 
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     session.send(session.token.functions.mint(to, amount))
     topped = _top_up_gas(session, to, gas_target)
     balance = session.token.functions.balanceOf(to).call()
-    print(f"minted {fmt(amount)} to {to}; it holds {fmt(balance)}" + (f", sent {topped}" if topped else ""))
+    print(
+        f"minted {format_token(amount)} to {to}; it holds {format_token(balance)}"
+        + (f", sent {topped}" if topped else "")
+    )
     return 0
 
 

@@ -30,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     session = connect(args)
     model_id = latest_approved(session, args.model)
-    node = session.nodes.functions.getNode(session.address).call()
-    if not node[8]:
+    node = session.node()
+    if not node.registered:
         raise UsageError("this account has no registered node: run register_node.py first")
     entry = {"name": args.model, "model_id": model_id, "gpu_layers": args.gpu_layers}
     entry |= {"n_ctx": args.n_ctx, "threads": args.threads}
     models = [m.model_dump() for m in config.models if m.name != args.model] + [entry]
     updated = build_config(**{**config.model_dump(), "models": models})  # refuses before anything is sent
-    hosted = list(node[3])
+    hosted = list(node.hosted_models)
     if model_id not in hosted:
         session.send(session.nodes.functions.setHostedModels([*hosted, model_id]))
         print(f"on chain: now hosting {args.model} (model {model_id})")

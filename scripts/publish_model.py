@@ -17,7 +17,8 @@ import re
 import sys
 from pathlib import Path
 
-from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+from chain.units import format_token
+from scripts.common import UsageError, connect, parse_amount, parser, run
 from storage import KuboClient, ProgressBar
 from storage.cid import Cid
 from storage.errors import CidError
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     event = session.models.events.ModelProposed().process_receipt(receipt)[0]["args"]
     print(
         f"proposed {args.name} v{event['version']} as model {event['modelId']} "
-        f"at {fmt(spec[6])} per 1K tokens"
+        f"at {format_token(spec[6])} per 1K tokens"
     )
     print("a curator approves it with: approve_model.py --model-id", event["modelId"])
     return 0

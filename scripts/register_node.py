@@ -11,21 +11,9 @@ from pathlib import Path
 
 from web3 import Web3
 
+from chain.units import format_token
 from node.config import check_endpoint, load_config
-from scripts.common import Session, UsageError, connect, fmt, parse_amount, parser, run
-
-STATUS_FIELDS = (
-    "nodeId",
-    "endpoint",
-    "hardware",
-    "hostedModels",
-    "stake",
-    "unbonding",
-    "unbondingReadyAt",
-    "registeredAt",
-    "registered",
-    "deregisteredAt",
-)
+from scripts.common import Session, UsageError, connect, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,9 +43,11 @@ def resolve(args: argparse.Namespace) -> tuple[str, str, str]:
 def preflight(session: Session, node_id: str, endpoint: str, hardware: str) -> None:
     """Refuse, before any token moves, what registering would refuse after staking: a node id owned by
     another operator, fields too long, a changed node id, and unbonding stake that should come back."""
-    node = session.nodes.functions.getNode(session.address).call()
-    if node[8] and node[0] != node_id:
-        raise UsageError(f"this account's node is registered as {node[0]!r}, not {node_id!r}; keep its id")
+    node = session.node()
+    if node.registered and node.node_id != node_id:
+        raise UsageError(
+            f"this account's node is registered as {node.node_id!r}, not {node_id!r}; keep its id"
+        )
     limits = (("node id", node_id, "MAX_NODE_ID_BYTES"), ("endpoint", endpoint, "MAX_ENDPOINT_BYTES"))
     for what, value, limit in (*limits, ("hardware profile", hardware, "MAX_HARDWARE_BYTES")):
         most = getattr(session.nodes.functions, limit)().call()
@@ -66,45 +56,45 @@ def preflight(session: Session, node_id: str, endpoint: str, hardware: str) -> N
     owner = session.nodes.functions.nodeIdOwner(Web3.keccak(text=node_id)).call()
     if int(owner, 16) not in (0, int(session.address, 16)):
         raise UsageError(f"node id {node_id!r} belongs to {owner}; choose another --node-id")
-    if node[5]:
+    if node.unbonding:
         raise UsageError(
-            f"{fmt(node[5])} of this account's stake is unbonding: put it back with unbond.py --cancel "
-            "before staking more"
+            f"{format_token(node.unbonding)} of this account's stake is unbonding: put it back with "
+            "unbond.py --cancel before staking more"
         )
 
 
 def ensure_stake(session: Session, target: int) -> None:
-    node = session.nodes.functions.getNode(session.address).call()
-    missing = target - node[4]
+    missing = target - session.node().stake
     if missing <= 0:
         return
     balance = session.token.functions.balanceOf(session.address).call()
     if balance < missing:
         raise UsageError(
-            f"insufficient balance: staking {fmt(missing)} more needs it, the account holds {fmt(balance)}"
+            f"insufficient balance: staking {format_token(missing)} more needs it, "
+            f"the account holds {format_token(balance)}"
         )
     session.send(session.token.functions.approve(session.nodes.address, missing))
     session.send(session.nodes.functions.stake(missing))
-    print(f"staked {fmt(missing)}")
+    print(f"staked {format_token(missing)}")
 
 
 def ensure_registered(session: Session, node_id: str, endpoint: str, hardware: str) -> None:
-    node = session.nodes.functions.getNode(session.address).call()
-    if not node[8]:
-        session.send(session.nodes.functions.register(node_id, endpoint, hardware, node[3]))
+    node = session.node()
+    if not node.registered:
+        session.send(session.nodes.functions.register(node_id, endpoint, hardware, node.hosted_models))
         print(f"registered {node_id}")
-    elif node[1] != endpoint:
+    elif node.endpoint != endpoint:
         session.send(session.nodes.functions.updateEndpoint(endpoint))
         print(f"endpoint updated to {endpoint}")
 
 
 def show(session: Session) -> None:
-    node = dict(zip(STATUS_FIELDS, session.nodes.functions.getNode(session.address).call(), strict=True))
+    node = session.node()
     active = session.nodes.functions.isActive(session.address).call()
-    print(f"node {node['nodeId']} ({session.address})")
-    print(f"  endpoint   {node['endpoint']}")
-    print(f"  stake      {fmt(node['stake'])}  unbonding {fmt(node['unbonding'])}")
-    print(f"  models     {list(node['hostedModels']) or 'none'}")
+    print(f"node {node.node_id} ({session.address})")
+    print(f"  endpoint   {node.endpoint}")
+    print(f"  stake      {format_token(node.stake)}  unbonding {format_token(node.unbonding)}")
+    print(f"  models     {list(node.hosted_models) or 'none'}")
     print(f"  active     {active}")
 
 
@@ -115,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     session = connect(args)
     minimum = session.nodes.functions.minStake().call()
     if target < minimum:
-        raise UsageError(f"--stake {fmt(target)} is below the minimum stake of {fmt(minimum)}")
+        raise UsageError(
+            f"--stake {format_token(target)} is below the minimum stake of {format_token(minimum)}"
+        )
     preflight(session, node_id, endpoint, hardware)
     ensure_stake(session, target)
     ensure_registered(session, node_id, endpoint, hardware)

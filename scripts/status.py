@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import Session, connect, fmt, parse_address, parser, run
-
-STATUS = ("none", "proposed", "approved", "deprecated")
+from chain.units import format_timestamp, format_token
+from chain.views import reputation_of, status_name
+from scripts.common import Session, connect, parse_address, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +31,21 @@ def models(session: Session) -> None:
     registry = session.models.functions
     rows = []
     for model_id in range(1, registry.modelCount().call() + 1):
-        m = registry.getModel(model_id).call()
-        rows.append((model_id, m[0], f"v{m[10]}", STATUS[m[9]], fmt(m[6]), m[5], ",".join(m[7]), m[1]))
+        m = session.model(model_id)
+        status = status_name(m.status).lower()
+        price = format_token(m.price_per_1k)
+        rows.append(
+            (
+                model_id,
+                m.name,
+                f"v{m.version}",
+                status,
+                price,
+                m.context_window,
+                ",".join(m.specialties),
+                m.cid,
+            )
+        )
     table("models", ("id", "name", "ver", "status", "price/1K", "context", "specialties", "cid"), rows)
 
 
@@ -41,13 +54,12 @@ def nodes(session: Session) -> list[str]:
     operators = registry.operatorsPage(0, registry.operatorCount().call()).call()
     rows = []
     for op in operators:
-        n = registry.getNode(op).call()
-        rep = registry.reputationOf(op).call()
+        n, rep = session.node(op), reputation_of(session.nodes, op)
         active = "yes" if registry.isActive(op).call() else "no"
-        hosted = ",".join(str(i) for i in n[3]) or "-"
-        rows.append(
-            (n[0], op, n[1], fmt(n[4]), fmt(n[5]), active, hosted, rep[0], rep[2], fmt(rep[1]), rep[4])
-        )
+        hosted = ",".join(str(i) for i in n.hosted_models) or "-"
+        stake, unbonding, volume = (format_token(v) for v in (n.stake, n.unbonding, rep.volume_paid))
+        counters = (rep.tokens_served, rep.receipts_settled, volume, rep.slash_count)
+        rows.append((n.node_id, op, n.endpoint, stake, unbonding, active, hosted, *counters))
     header = (
         "node",
         "operator",
@@ -73,9 +85,11 @@ def escrows(session: Session, extra: list[str]) -> None:
     rows = []
     for payer in payers:
         address = parse_address(session.w3, payer, "--payer")
-        balance, unlocking, ready = session.settlement.functions.escrowOf(address).call()
+        escrow = session.escrow(address)
         available = session.settlement.functions.availableOf(address).call()
-        rows.append((payer, fmt(balance), fmt(available), fmt(unlocking), ready or "-"))
+        amounts = (format_token(v) for v in (escrow.balance, available, escrow.unlocking))
+        ready = format_timestamp(escrow.unlock_ready_at) if escrow.unlock_ready_at else "-"
+        rows.append((payer, *amounts, ready))
     table("escrow", ("payer", "balance", "available", "unlocking", "ready at"), rows)
 
 
@@ -87,13 +101,13 @@ def _vesting(session: Session) -> int:
 def earnings(session: Session, operators: list[str]) -> None:
     developers, infrastructure, research = session.settlement.functions.treasury().call()
     earned = session.settlement.functions.earnings
-    rows = [(f"node {op}", fmt(earned(op).call())) for op in operators]
+    rows = [(f"node {op}", format_token(earned(op).call())) for op in operators]
     rows += [
-        ("developers (25%)", fmt(earned(developers).call())),
-        ("infrastructure (15%)", fmt(earned(infrastructure).call())),
-        ("research (10%)", fmt(earned(research).call())),
-        ("HYSA vault assets (20% + slashes)", fmt(session.vault.functions.totalAssets().call())),
-        ("HYSA vault income still vesting", fmt(_vesting(session))),
+        ("developers (25%)", format_token(earned(developers).call())),
+        ("infrastructure (15%)", format_token(earned(infrastructure).call())),
+        ("research (10%)", format_token(earned(research).call())),
+        ("HYSA vault assets (20% + slashes)", format_token(session.vault.functions.totalAssets().call())),
+        ("HYSA vault income still vesting", format_token(_vesting(session))),
     ]
     table("unwithdrawn earnings", ("recipient", "amount"), rows)
 

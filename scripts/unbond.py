@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+from chain.units import format_timestamp, format_token
+from scripts.common import UsageError, connect, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,12 +29,15 @@ def main(argv: list[str] | None = None) -> int:
         print("unbonding cancelled; the stake is active again")
         return 0
     amount = parse_amount(args.amount)
-    stake = nodes.getNode(session.address).call()[4]
+    stake = session.node().stake
     if amount > stake:
-        raise UsageError(f"the node has {fmt(stake)} staked; cannot unbond {fmt(amount)}")
+        raise UsageError(f"the node has {format_token(stake)} staked; cannot unbond {format_token(amount)}")
     session.send(nodes.requestUnbond(amount))
-    node = nodes.getNode(session.address).call()
-    print(f"unbonding {fmt(node[5])}; withdraw with withdraw_stake.py after {time.ctime(node[6])}")
+    node = session.node()
+    print(
+        f"unbonding {format_token(node.unbonding)}; withdraw with withdraw_stake.py after "
+        f"{format_timestamp(node.unbonding_ready_at)}"
+    )
     if not nodes.isActive(session.address).call():
         print("note: the remaining stake is below the minimum, so the node is now inactive")
     return 0

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from web3.logs import DISCARD
 
-from scripts.common import UsageError, connect, fmt, parse_amount, parser, run
+from chain.units import format_duration, format_timestamp, format_token
+from scripts.common import UsageError, connect, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,27 +31,29 @@ def main(argv: list[str] | None = None) -> int:
     settlement = session.settlement.functions
     if args.request is not None:
         amount = parse_amount(args.request, "--request")
-        balance = settlement.escrowOf(session.address).call()[0]
+        balance = session.escrow().balance
         if amount > balance:
-            raise UsageError(f"escrow holds {fmt(balance)}; cannot unlock {fmt(amount)}")
+            raise UsageError(f"escrow holds {format_token(balance)}; cannot unlock {format_token(amount)}")
         session.send(settlement.requestUnlock(amount))
-        ready = settlement.escrowOf(session.address).call()[2]
+        ready = session.escrow().unlock_ready_at
         lapses = ready + settlement.UNLOCK_WINDOW().call()
         print(
-            f"unlock of {fmt(amount)} requested; withdraw between {time.ctime(ready)} and "
-            f"{time.ctime(lapses)} (block time); after that it lapses and must be requested again"
+            f"unlock of {format_token(amount)} requested; withdraw between {format_timestamp(ready)} and "
+            f"{format_timestamp(lapses)}; after that it lapses and must be requested again"
         )
         return 0
     if args.cancel:
         session.send(settlement.cancelUnlock())
         print("unlock cancelled")
         return 0
-    balance, unlocking, ready = settlement.escrowOf(session.address).call()
+    balance, unlocking, ready = session.escrow()
     if ready == 0:
         raise UsageError("no unlock in progress: start one with --request AMOUNT")
     now = session.w3.eth.get_block("latest")["timestamp"]
     if now < ready:
-        raise UsageError(f"the unlock delay ends at {time.ctime(ready)}; {ready - now} s to go")
+        raise UsageError(
+            f"the unlock delay ends at {format_timestamp(ready)}; {format_duration(ready - now)} to go"
+        )
     if now > ready + settlement.UNLOCK_WINDOW().call():
         raise UsageError(
             "the unlock lapsed (not withdrawn within its window): request it again with --request"
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     receipt = session.send(settlement.withdraw())
     event = session.settlement.events.EscrowWithdrawn()
     paid = event.process_receipt(receipt, errors=DISCARD)[0]["args"]["amount"]  # skip the token's Transfer
-    print(f"withdrew {fmt(paid)} (asked {fmt(unlocking)}); escrow now {fmt(balance - paid)}")
+    print(
+        f"withdrew {format_token(paid)} (asked {format_token(unlocking)}); "
+        f"escrow now {format_token(balance - paid)}"
+    )
     return 0
 
 

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import sys
-import time
 
-from scripts.common import UsageError, connect, fmt, parser, run
+from chain.units import format_duration, format_timestamp, format_token
+from scripts.common import UsageError, connect, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
     session = connect(args)
     nodes = session.nodes.functions
-    node = nodes.getNode(session.address).call()
-    unbonding, ready = node[5], node[6]
+    node = session.node()
+    unbonding, ready = node.unbonding, node.unbonding_ready_at
     if unbonding == 0:
         raise UsageError("nothing is unbonding: start with unbond.py --amount AMOUNT")
     now = session.w3.eth.get_block("latest")["timestamp"]
     if now < ready:
-        raise UsageError(f"the unbonding period ends at {time.ctime(ready)}; {ready - now} s to go")
+        raise UsageError(
+            f"the unbonding period ends at {format_timestamp(ready)}; {format_duration(ready - now)} to go"
+        )
     session.send(nodes.withdrawStake())
-    print(f"withdrew {fmt(unbonding)} of stake")
+    print(f"withdrew {format_token(unbonding)} of stake")
     return 0
 
 

@@ -12,7 +12,8 @@ from web3.exceptions import ContractCustomError
 from chain import eip712
 from chain.artifacts import load_artifact
 from chain.deploy import deploy_all
-from chain.errors import ChainError, decode_revert
+from chain.errors import ChainError
+from chain.revert import decode_revert
 
 ANVIL_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # Anvil's account 0
 UINT = st.integers(min_value=0, max_value=2**256 - 1)

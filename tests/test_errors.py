@@ -12,7 +12,8 @@ from web3.exceptions import ContractLogicError
 
 from chain.accounts import dev_account
 from chain.artifacts import CONTRACT_NAMES, load_artifact
-from chain.errors import HINTS, ChainError, RevertError, decode_revert, selector_table
+from chain.errors import ChainError
+from chain.revert import HINTS, RevertError, decode_revert, selector_table
 
 ETHER = 10**18
 PSEUDO_ERRORS = {"OutOfGas", "UnknownError"}  # reported as RevertError, not declared in any ABI
@@ -89,7 +90,7 @@ def test_decodeRevert_formatsAmountsInMeshWithHint() -> None:
     assert err.args == {"stake": 500 * ETHER, "minimum": 1000 * ETHER}
     assert err.contract == "NodeRegistry"
     assert str(err) == (
-        "StakeBelowMinimum(stake=500 MESH, minimum=1000 MESH): stake more with register_node.py --stake"
+        "StakeBelowMinimum(stake=500 MESH, minimum=1,000 MESH): stake more with register_node.py --stake"
     )
 
 
@@ -159,7 +160,7 @@ def test_decodeRevert_readsStakeBelowMinimumFromAnvil(marketplace) -> None:
     err = decode_revert(revert_data(nodes.functions.register("node-a", "http://n", "{}", []), admin))
     assert err.name == "StakeBelowMinimum"
     assert err.args == {"stake": 500 * ETHER, "minimum": 1000 * ETHER}
-    assert str(err).startswith("StakeBelowMinimum(stake=500 MESH, minimum=1000 MESH): ")
+    assert str(err).startswith("StakeBelowMinimum(stake=500 MESH, minimum=1,000 MESH): ")
 
 
 def test_decodeRevert_readsInsufficientEscrowFromAnvil(marketplace) -> None:

@@ -243,7 +243,7 @@ def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
     assert "escrow now 250 MESH" in out
     out = ok(script(devnet, "withdraw", *user, "--request", "100"))
     assert "unlock of 100 MESH requested" in out
-    fails(script(devnet, "withdraw", *user), "s to go")
+    fails(script(devnet, "withdraw", *user), "the unlock delay ends at")
     from web3 import Web3
 
     w3 = Web3(Web3.HTTPProvider(devnet.env["LLM_MESH_RPC_URL"]))

@@ -18,7 +18,9 @@ from web3 import Web3
 from web3.contract import Contract
 
 from chain.accounts import dev_account
-from chain.errors import ChainError, GasCapExceeded, RevertError, TxTimeout, redact
+from chain.errors import ChainError, GasCapExceeded, TxTimeout
+from chain.redact import redact
+from chain.revert import RevertError
 from chain.tx import TxSender
 from tests.conftest import ROOT, free_port
 from tests.rpc_relay import Behaviour, Forward, RpcRelay

@@ -1,0 +1,64 @@
+"""Typed views of the contracts' structs: `node.stake`, not `node[4]`.
+
+Each view is a named tuple whose fields are the struct's ABI component names in snake_case, built
+from the committed artifact, so a field added to a struct shows up here without a hand-kept list and
+code that reads a field by name keeps working when the order changes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import namedtuple
+from typing import Any
+
+from web3.contract import Contract
+
+from chain.artifacts import load_artifact
+
+MODEL_STATUS = ("None", "Proposed", "Approved", "Deprecated")
+
+
+def _snake(name: str) -> str:
+    """`pricePer1k` -> `price_per_1k`, `sha256Digest` -> `sha256_digest` (digits after a capitalised
+    word start a part of their own; digits inside a lower-case word stay in it)."""
+    name = re.sub(r"([A-Z][a-z]+)(\d)", r"\1_\2", name)
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+def _struct_type(contract: str, function: str, type_name: str) -> type:
+    """A named tuple type for the struct `function` of `contract` returns."""
+    entry = next(
+        e for e in load_artifact(contract).abi if e.get("type") == "function" and e.get("name") == function
+    )
+    return namedtuple(type_name, [_snake(c["name"]) for c in entry["outputs"][0]["components"]])
+
+
+ModelInfo = _struct_type("ModelRegistry", "getModel", "ModelInfo")
+NodeInfo = _struct_type("NodeRegistry", "getNode", "NodeInfo")
+Reputation = _struct_type("NodeRegistry", "reputationOf", "Reputation")
+Escrow = _struct_type("Settlement", "escrowOf", "Escrow")
+
+
+def model_info(models: Contract, model_id: int) -> Any:
+    """A model version from the ModelRegistry (`.name`, `.cid`, `.price_per_1k`, `.status`, ...)."""
+    return ModelInfo(*models.functions.getModel(model_id).call())
+
+
+def node_info(nodes: Contract, operator: str) -> Any:
+    """A node's registration and stake (`.node_id`, `.endpoint`, `.stake`, `.unbonding`, ...)."""
+    return NodeInfo(*nodes.functions.getNode(operator).call())
+
+
+def reputation_of(nodes: Contract, operator: str) -> Any:
+    """A node's reputation counters (`.tokens_served`, `.volume_paid`, `.slash_count`, ...)."""
+    return Reputation(*nodes.functions.reputationOf(operator).call())
+
+
+def escrow_of(settlement: Contract, payer: str) -> Any:
+    """A payer's escrow (`.balance`, `.unlocking`, `.unlock_ready_at`)."""
+    return Escrow(*settlement.functions.escrowOf(payer).call())
+
+
+def status_name(status: int) -> str:
+    """A ModelRegistry status code by name."""
+    return MODEL_STATUS[status] if 0 <= status < len(MODEL_STATUS) else f"unknown({status})"
