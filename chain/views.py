@@ -14,6 +14,7 @@ from typing import Any
 from web3.contract import Contract
 
 from chain.artifacts import load_artifact
+from chain.errors import ChainError
 
 MODEL_STATUS = ("None", "Proposed", "Approved", "Deprecated")
 
@@ -57,6 +58,29 @@ def reputation_of(nodes: Contract, operator: str) -> Any:
 def escrow_of(settlement: Contract, payer: str) -> Any:
     """A payer's escrow (`.balance`, `.unlocking`, `.unlock_ready_at`)."""
     return Escrow(*settlement.functions.escrowOf(payer).call())
+
+
+class ModelNotFound(ChainError):  # noqa: N818 - named for what the caller looks up
+    """No approved version of a model name; `versions` lists the name's ids, `known` every name."""
+
+    def __init__(self, name: str, versions: list[int], known: list[str]) -> None:
+        self.name, self.versions, self.known = name, versions, known
+        if versions:
+            text = f"model {name!r} has versions {versions} but none is approved yet (approve_model.py)"
+        else:
+            text = f"unknown model {name!r}; registered: {', '.join(known) or 'none'}"
+        super().__init__(text)
+
+
+def latest_approved(models: Contract, name: str) -> int:
+    """The newest approved version of a model name (ModelNotFound when there is none)."""
+    ids = models.functions.versionsOf(name).call()
+    approved = [i for i in ids if models.functions.isApproved(i).call()]
+    if approved:
+        return approved[-1]
+    count = models.functions.modelCount().call()
+    known = [] if ids else sorted({model_info(models, i).name for i in range(1, count + 1)})
+    raise ModelNotFound(name, ids, known)
 
 
 def status_name(status: int) -> str:

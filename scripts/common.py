@@ -13,11 +13,10 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.contract import Contract
 
-from chain import units, views
+from chain import rpc, units, views
 from chain.accounts import account_from_args, add_account_arguments
 from chain.deployment import Deployment, contract_at, load_deployment
 from chain.errors import ChainError
-from chain.redact import redact
 from chain.tx import TxSender
 from node.config import ConfigError
 from storage.errors import StorageError
@@ -105,22 +104,9 @@ class Session:
         return self.sender.send(call)
 
 
-def connect_rpc(rpc_url: str) -> Web3:
-    """Connect and check the node answers, with an error that says how to fix it."""
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
-    try:
-        w3.eth.chain_id  # noqa: B018 - a reachability probe
-    except Exception as exc:
-        raise ChainError(
-            f"cannot reach the RPC at {redact(rpc_url)}: start `make devnet` or pass --rpc-url "
-            f"({redact(str(exc))})"
-        ) from exc
-    return w3
-
-
 def connect(args: argparse.Namespace, *, need_account: bool = True) -> Session:
     """Open a session from parsed arguments: RPC, deployment (chain id checked), account."""
-    w3 = connect_rpc(args.rpc_url)
+    w3 = rpc.connect(args.rpc_url)
     deployment = load_deployment(args.deployment, w3)
     account = account_from_args(args) if need_account else None
     sender = TxSender(w3, account) if account is not None else None
@@ -155,16 +141,8 @@ def run(main: Callable[[list[str] | None], int], argv: list[str] | None = None) 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def latest_approved(session: Session, name: str) -> int:
-    """The newest approved version of a model name, or a UsageError listing what exists."""
-    ids = session.models.functions.versionsOf(name).call()
-    approved = [i for i in ids if session.models.functions.isApproved(i).call()]
-    if approved:
-        return approved[-1]
-    if ids:
-        raise UsageError(f"model {name!r} has versions {ids} but none is approved yet (approve_model.py)")
-    count = session.models.functions.modelCount().call()
-    known = sorted({session.model(i).name for i in range(1, count + 1)})
-    raise UsageError(f"unknown model {name!r}; registered: {', '.join(known) or 'none'}")
+    except BrokenPipeError:
+        # The reader has gone (`status | head`): not an error. Point stdout at /dev/null so the
+        # interpreter's final flush does not fail again on the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

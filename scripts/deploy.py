@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from chain import rpc
 from chain.accounts import account_from_args
 from chain.deploy import DeployParams, deploy_all
 from chain.deployment import load_deployment, save_deployment
-from scripts.common import connect_rpc, parse_amount, parser, run
+from scripts.common import parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    w3 = connect_rpc(args.rpc_url)
+    w3 = rpc.connect(args.rpc_url)
     if args.deployment.exists() and not args.force:
         existing = load_deployment(args.deployment, w3)
         if w3.eth.get_code(existing.settlement):

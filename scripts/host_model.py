@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from chain.views import latest_approved
 from node.config import build_config, load_config, save_config
-from scripts.common import UsageError, connect, latest_approved, parser, run
+from scripts.common import UsageError, connect, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config)
     session = connect(args)
-    model_id = latest_approved(session, args.model)
+    model_id = latest_approved(session.models, args.model)
     node = session.node()
     if not node.registered:
         raise UsageError("this account has no registered node: run register_node.py first")

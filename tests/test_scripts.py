@@ -368,6 +368,22 @@ def test_devnet_restartResumesTheSameChain(devnet: Devnet, operator_files: dict[
     assert "my-awesome-node" in status  # state survived the restart
 
 
+def test_status_pipedIntoAReaderThatLeaves_exitsQuietly(devnet: Devnet) -> None:
+    """`status | head`: the reader may be gone before status writes (here `true` leaves at once,
+    while status is still reading the chain), and the write then fails with a broken pipe."""
+    result = subprocess.run(
+        f"{sys.executable} -m scripts.status | true; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        cwd=ROOT,
+        env={**devnet.env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
 def test_setupNode_createsKeystoreAndConfigIdempotently(tmp_path: Path) -> None:
     from chain.accounts import load_keystore
     from node.config import load_config
