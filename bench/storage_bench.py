@@ -34,9 +34,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from storage.blocks import GatewayBlocks, KuboBlocks
+from storage.blockstore import FileBlockStore
 from storage.daemon import KuboDaemon, free_port
 from storage.fetch import FETCH_WINDOW, fetch_file, verify_file
-from storage.gateway import FileBlockStore, gateway_router
+from storage.gateway import gateway_router
 from storage.kubo import KuboClient
 from storage.publish import publish
 from storage.unixfs import CHUNK_SIZE, CHUNKS_PER_READ, READ_BUFFERS, hash_file

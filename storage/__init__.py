@@ -1,6 +1,10 @@
-"""Model files and IPFS: kubo RPC client, kubo-identical CIDs, verified fetch, cache."""
+"""Model files and IPFS: kubo RPC client, kubo-identical CIDs, verified fetch, cache.
+
+The HTTP gateway routes are in storage.gateway, imported on their own: nothing here needs FastAPI.
+"""
 
 from storage.blocks import BlockSource, GatewayBlocks, KuboBlocks, plan_file
+from storage.blockstore import BlockStore, FileBlockStore
 from storage.cache import CacheEntry, ModelCache
 from storage.cid import Cid
 from storage.daemon import KuboDaemon, find_ipfs
@@ -15,7 +19,6 @@ from storage.errors import (
     StorageError,
 )
 from storage.fetch import Fetched, fetch_file, verify_file
-from storage.gateway import BlockStore, FileBlockStore, gateway_router
 from storage.kubo import KuboClient
 from storage.progress import ProgressBar
 from storage.publish import PublishedFile, publish
@@ -48,7 +51,6 @@ __all__ = [
     "StorageError",
     "fetch_file",
     "find_ipfs",
-    "gateway_router",
     "hash_bytes",
     "hash_file",
     "plan_file",

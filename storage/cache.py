@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from storage.blocks import BlockSource
+from storage.blockstore import FileBlockStore
 from storage.cid import Cid, as_cid
 from storage.errors import CacheFullError, CidError, IntegrityError, StorageError
 from storage.fetch import PARTIAL_SUFFIX, Fetched, check_sha256, fetch_file
-from storage.gateway import FileBlockStore
 from storage.unixfs import FileDag, FileHashes, Leaf, Progress, hash_file
 
 log = logging.getLogger(__name__)

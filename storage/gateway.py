@@ -1,4 +1,4 @@
-"""An IPFS trustless gateway over the files a node hosts, and the block store behind it.
+"""An IPFS trustless gateway (the HTTP routes) over the files a node hosts (storage.blockstore).
 
 `GET|HEAD /ipfs/{cid}` with `Accept: application/vnd.ipld.raw` (or `?format=raw`) returns one block;
 with `application/vnd.ipld.car` (or `?format=car`) a CAR v1 of the file's DAG in depth-first order
@@ -9,90 +9,20 @@ byte ranges) and re-hashed before they are sent, so a corrupt disk is reported r
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from storage.blocks import RAW_CONTENT_TYPE
+from storage.blockstore import BlockStore
 from storage.car import CAR_CONTENT_TYPE, car_header, car_section
 from storage.cid import DAG_PB, IDENTITY, Cid
 from storage.dagpb import decode_node
 from storage.errors import CidError, DagError, StorageError
-from storage.unixfs import FileDag
 
 IMMUTABLE = "public, max-age=29030400, immutable"
-
-
-class BlockStore(Protocol):
-    """Blocks by CID for the gateway; None when the block is not here."""
-
-    async def get(self, cid: Cid) -> bytes | None:
-        """The block's bytes, checked against its CID."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class _Range:
-    path: Path
-    offset: int
-    size: int
-
-
-class FileBlockStore:
-    """The blocks of whole files on disk: interior nodes kept in memory, raw leaves read from the files."""
-
-    def __init__(self) -> None:
-        self._nodes: dict[Cid, bytes] = {}
-        self._leaves: dict[Cid, _Range] = {}
-        self._files: dict[Cid, tuple[Path, FileDag]] = {}
-
-    def add(self, path: str | Path, dag: FileDag) -> None:
-        """Serve the blocks of `dag`, whose leaves are ranges of the file at `path`."""
-        path = Path(path)
-        self._files[dag.root] = (path, dag)
-        self._nodes.update(dag.nodes)
-        for leaf in dag.leaves:
-            self._leaves[leaf.cid] = _Range(path, leaf.offset, leaf.size)
-
-    def remove(self, root: Cid) -> None:
-        """Stop serving a file (e.g. evicted from the cache); blocks shared with other files stay."""
-        self._files.pop(root, None)
-        self._nodes, self._leaves = {}, {}
-        for path, dag in self._files.values():
-            self.add(path, dag)
-
-    def roots(self) -> list[Cid]:
-        """The files served."""
-        return list(self._files)
-
-    async def get(self, cid: Cid) -> bytes | None:
-        """A block, re-hashed; StorageError if the bytes on disk no longer match."""
-        if cid in self._nodes:
-            return self._nodes[cid]
-        where = self._leaves.get(cid)
-        if where is None:
-            return None
-        data, intact = await asyncio.to_thread(_read_checked, where, cid)
-        if not intact:
-            raise StorageError(f"block {cid} in {where.path} at byte {where.offset} is corrupt on disk")
-        return data
-
-
-def _read_checked(where: _Range, cid: Cid) -> tuple[bytes, bool]:
-    """A leaf's bytes and whether they still hash to `cid`, in one worker-thread hop."""
-    fd = os.open(where.path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, where.size, where.offset)
-    finally:
-        os.close(fd)
-    return data, cid.matches(data)
 
 
 def _negotiate(request: Request) -> str | None:
@@ -276,11 +206,3 @@ async def _car_stream(
             yield car_section(cid, data)
     except (StorageError, DagError):
         return  # the status line is sent already: a truncated CAR is how the client learns of it
-
-
-def serve_files(files: Iterable[tuple[Path, FileDag]]) -> FileBlockStore:
-    """A FileBlockStore serving the given (path, dag) pairs."""
-    store = FileBlockStore()
-    for path, dag in files:
-        store.add(path, dag)
-    return store

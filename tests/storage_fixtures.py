@@ -22,9 +22,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from storage.blockstore import BlockStore
 from storage.daemon import KuboDaemon, find_ipfs, free_port
 from storage.errors import StorageError
-from storage.gateway import BlockStore, gateway_router
+from storage.gateway import gateway_router
 
 
 @pytest.fixture

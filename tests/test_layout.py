@@ -6,6 +6,8 @@ a late import hides a circle, it does not remove it)."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,18 @@ def test_moduleImports_seesLateAndRelativeImports(tmp_path: Path) -> None:
     relative = tmp_path / "rel.py"
     relative.write_text("from . import artifacts\nfrom .errors import ChainError\n")
     assert module_imports(relative, "chain", "chain.rel") == {"chain", "chain.artifacts", "chain.errors"}
+
+
+@pytest.mark.parametrize(
+    "script", sorted(p.stem for p in (ROOT / "scripts").glob("*.py") if p.stem != "__init__")
+)
+def test_scripts_doNotImportTheWebFramework(script: str) -> None:
+    """A CLI starts fast and works without the server stack: FastAPI is the gateway's, not storage's."""
+    code = (
+        f"import sys, scripts.{script}; print(sorted(m for m in ('fastapi', 'uvicorn') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

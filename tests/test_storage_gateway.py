@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from storage.blocks import GatewayBlocks, KuboBlocks
+from storage.blockstore import FileBlockStore
 from storage.cache import ModelCache
 from storage.car import read_car
 from storage.cid import Cid, raw_cid
@@ -21,7 +22,6 @@ from storage.daemon import KuboDaemon
 from storage.dagpb import decode_node
 from storage.errors import GatewayError, IntegrityError
 from storage.fetch import fetch_file
-from storage.gateway import FileBlockStore
 from storage.kubo import KuboClient
 from storage.publish import publish
 from storage.unixfs import CHUNK_SIZE, FileHashes, hash_file
