@@ -65,8 +65,8 @@ slither: node_modules/.installed $(SLITHER_VENV)/.installed
 lint: $(VENV)/.installed node_modules/.installed
 	forge fmt --check contracts
 	forge lint contracts/src
-	$(VENV)/bin/ruff check chain storage node router scripts tests tools bench
-	$(VENV)/bin/ruff format --check chain storage node router scripts tests tools bench
+	$(VENV)/bin/ruff check chain storage protocol node router scripts tests tools bench
+	$(VENV)/bin/ruff format --check chain storage protocol node router scripts tests tools bench
 
 GAS_TESTS := contracts/test/Gas.t.sol
 
