@@ -689,13 +689,18 @@ class EventWatcher:
     def _check_chain(self) -> None:
         """Refuse another chain (chain id or genesis block); adopt what a fresh state lacks.
 
+        The chain id is read on every poll: a load-balanced provider can come back as another chain
+        without a single failed request in between (a restart between two polls). The genesis hash
+        is compared on first use, after RPC errors and whenever the chain id changes; a reset that
+        keeps the chain id is caught by the block hashes too (ReorgTooDeepError).
+
         A state file written before the genesis hash was kept has none: it is read as unknown and
         the RPC's genesis is recorded (with the next save). Such a file from a chain since reset
         still fails safe: its block hashes match nothing, which is a ReorgTooDeepError.
         """
-        if self._chain_checked:
-            return
         chain_id = self._w3.eth.chain_id
+        if self._chain_checked and chain_id == self._state.chain_id:
+            return
         genesis = self._block_hash(0)
         state = self._state
         if state.chain_id is not None and (

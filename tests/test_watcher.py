@@ -927,6 +927,24 @@ def test_run_rpcComingBackAsAnotherChainIdStops(
     assert running.drained() == []
 
 
+def test_poll_chainSwappedBetweenTwoPollsWithoutAnyFailedRequestStops(
+    anvil_factory: Callable[..., AnvilProcess], tmp_path: Path
+) -> None:
+    """The same swap, done while the watcher makes no request at all (between two polls), so no RPC
+    error ever tells it to look again: before, the second poll delivered chain 777's event as ours."""
+    devnet = start_devnet(anvil_factory, state_file=tmp_path / "anvil-state.json")
+    watcher = devnet.watcher(tmp_path / "state.json", confirmations=0)
+    devnet.mint(1)
+    assert minted(watcher.poll()) == [1]
+    devnet.node.stop()
+    devnet.node.chain_id = 777
+    devnet.node.start()
+    devnet.mint(7)
+    with pytest.raises(ChainIdentityError) as info:
+        watcher.poll()
+    assert (info.value.expected_chain_id, info.value.actual_chain_id) == (31337, 777)
+
+
 # ---------------------------------------------------------------- lagging backends, failing on_reorg
 
 
