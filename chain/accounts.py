@@ -119,8 +119,8 @@ def _read_keystore(path: Path) -> dict:
         document = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise KeystoreError(
-            f"keystore {path} not found: check the --keystore path, or create one with "
-            "chain.accounts.create_keystore"
+            f"keystore {path} not found: check the --keystore path (or the node config's "
+            "chain.keystore), or create one with new_keystore.py"
         ) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise KeystoreError(

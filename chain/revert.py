@@ -51,7 +51,8 @@ HINTS: dict[str, str] = {
     "InsufficientEscrow": "the payer's escrow cannot cover this payment; top it up with deposit.py",
     "UnlockNotReady": "the escrow unlock delay has not passed; withdraw again after readyAt "
     "(and before the window closes)",
-    "NoUnlockPending": "request an unlock first (Settlement.requestUnlock), then withdraw after the delay",
+    "NoUnlockPending": "request an unlock first (withdraw.py --request AMOUNT), then withdraw after "
+    "the delay",
     "NothingToWithdraw": "this account has no earnings yet; earnings arrive when receipts are settled",
     "ReceiptExpired": "the receipt expired before settlement; get a fresh receipt signed by the payer",
     "InvalidPayerSignature": "the payer's signature does not match this receipt; have the payer re-sign it",
@@ -73,7 +74,8 @@ HINTS: dict[str, str] = {
     "StakeBelowMinimum": "stake more with register_node.py --stake",
     "InsufficientStake": "that is more than is staked; ask for at most the available stake",
     "UnbondingNotReady": "the unbonding period has not ended; withdraw the stake after readyAt",
-    "NothingUnbonding": "request an unbond first (NodeRegistry.requestUnbond), withdraw after the period",
+    "NothingUnbonding": "request an unbond first (unbond.py --amount AMOUNT), then withdraw_stake.py "
+    "after the period",
     "AlreadyRegistered": "this operator is already registered; register_node.py updates an existing node",
     "NotRegistered": "register the node first with register_node.py",
     "NodeIdTaken": "another operator owns this node id; choose another with register_node.py --node-id",

@@ -1,11 +1,16 @@
 """Node configuration: a pydantic model loaded from a JSON file, overridable from the environment.
 
-`scripts/configure_node.py` writes it; `node/config.sample.json` is the committed example.
+One file serves the operator's scripts and the daemon: `~/.llm-mesh/node.json` by default (or
+`$LLM_MESH_NODE_CONFIG`, or `--config`). `scripts/setup-node.sh` creates it, `configure_node.py`
+changes what it is given, `node/config.sample.json` is the committed example. Relative paths in it
+(keystore, password file, deployment, cache) are relative to the file's own directory, so every
+script and the daemon read the same files from any working directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +40,16 @@ GPU_VRAM_GB = {
 }
 
 
+CONFIG_ENV = "LLM_MESH_NODE_CONFIG"
+# The node API's port: 8080 is the devnet's kubo gateway.
+DEFAULT_ENDPOINT = "http://127.0.0.1:8090"
+
+
+def default_config_path() -> Path:
+    """Where the node config lives unless `--config` says otherwise."""
+    return Path(os.environ.get(CONFIG_ENV) or Path.home() / ".llm-mesh" / "node.json")
+
+
 def check_endpoint(value: str) -> str:
     """An http(s) URL with a host (and a valid port), without a trailing slash; ValueError otherwise."""
     parts = urlsplit(value.strip())
@@ -44,7 +59,7 @@ def check_endpoint(value: str) -> str:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError(
-            f"{value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8080"
+            f"{value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8090"
         )
     return value.strip().rstrip("/")
 
@@ -129,7 +144,7 @@ class NodeConfig(BaseSettings):
         return (env_settings, init_settings)
 
     node_id: str = Field(..., min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    endpoint: str = Field("http://127.0.0.1:8080", max_length=256)
+    endpoint: str = Field(DEFAULT_ENDPOINT, max_length=256)
     hardware: Hardware
     models: list[HostedModel] = Field(default_factory=list, max_length=32)
     chain: ChainSettings = Field(default_factory=ChainSettings)
@@ -140,6 +155,21 @@ class NodeConfig(BaseSettings):
     @classmethod
     def _http_url(cls, value: str) -> str:
         return check_endpoint(value)
+
+    def resolved(self, base: Path) -> NodeConfig:
+        """This config with its relative paths made absolute against `base` (the file's directory)."""
+
+        def absolute(path: Path | None) -> Path | None:
+            return None if path is None else path if path.is_absolute() else (base / path).resolve()
+
+        chain = self.chain.model_copy(
+            update={
+                "deployment": absolute(self.chain.deployment),
+                "keystore": absolute(self.chain.keystore),
+                "password_file": absolute(self.chain.password_file),
+            }
+        )
+        return self.model_copy(update={"chain": chain, "cache_dir": absolute(self.cache_dir)})
 
     @model_validator(mode="after")
     def _cross_checks(self) -> NodeConfig:
@@ -161,13 +191,17 @@ def load_config(path: Path) -> NodeConfig:
     try:
         data: dict[str, Any] = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
-        raise ConfigError(f"no node config at {path}: create one with scripts/configure_node.py") from exc
+        raise ConfigError(
+            f"no node config at {path}: create one with scripts/setup-node.sh or configure_node.py "
+            f"(or pass --config / set {CONFIG_ENV})"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
     try:
-        return NodeConfig(**data)
+        config = NodeConfig(**data)
     except ValidationError as exc:
         raise ConfigError(f"{path} is invalid:\n{_errors(exc)}") from exc
+    return config.resolved(Path(path).parent)
 
 
 def build_config(**values: Any) -> NodeConfig:

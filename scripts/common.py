@@ -14,11 +14,11 @@ from web3 import Web3
 from web3.contract import Contract
 
 from chain import rpc, units, views
-from chain.accounts import account_from_args, add_account_arguments
+from chain.accounts import account_from_args, add_account_arguments, load_account
 from chain.deployment import Deployment, contract_at, load_deployment
 from chain.errors import ChainError
 from chain.tx import TxSender
-from node.config import ConfigError
+from node.config import CONFIG_ENV, ConfigError, NodeConfig, default_config_path, load_config
 from storage.errors import StorageError
 
 DEFAULT_RPC = "http://127.0.0.1:8545"
@@ -29,23 +29,69 @@ class UsageError(Exception):
     """Bad input on the command line; the message says what to pass instead."""
 
 
-def parser(description: str, *, account: bool = True) -> argparse.ArgumentParser:
-    """An argument parser with the shared --rpc-url / --deployment (and account) options."""
+def parser(description: str, *, account: bool = True, node_config: bool = False) -> argparse.ArgumentParser:
+    """An argument parser with the shared --rpc-url / --deployment (and account) options.
+
+    With `node_config`, also --config: the node config then supplies the RPC URL, the deployment
+    file and the account (its keystore and password file) when neither flag nor environment does.
+    """
     p = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    source = "env LLM_MESH_RPC_URL, the node config" if node_config else "env LLM_MESH_RPC_URL"
+    p.add_argument("--rpc-url", help=f"JSON-RPC endpoint ({source}; default {DEFAULT_RPC})")
+    source = "env LLM_MESH_DEPLOYMENT, the node config" if node_config else "env LLM_MESH_DEPLOYMENT"
     p.add_argument(
-        "--rpc-url",
-        default=os.environ.get("LLM_MESH_RPC_URL", DEFAULT_RPC),
-        help=f"JSON-RPC endpoint (env LLM_MESH_RPC_URL; default {DEFAULT_RPC})",
+        "--deployment", type=Path, help=f"deployment file ({source}; default {DEFAULT_DEPLOYMENT})"
     )
-    p.add_argument(
-        "--deployment",
-        type=Path,
-        default=Path(os.environ.get("LLM_MESH_DEPLOYMENT", DEFAULT_DEPLOYMENT)),
-        help=f"deployment file (env LLM_MESH_DEPLOYMENT; default {DEFAULT_DEPLOYMENT})",
-    )
+    if node_config:
+        add_config_argument(p)
     if account:
         add_account_arguments(p)
     return p
+
+
+def add_config_argument(p: argparse.ArgumentParser) -> None:
+    """--config, defaulting to the one node config location every script and the daemon share."""
+    default = default_config_path()
+    p.add_argument(
+        "--config", type=Path, default=default, help=f"node config (default {default}, or ${CONFIG_ENV})"
+    )
+
+
+def node_config(args: argparse.Namespace, *, required: bool = False) -> NodeConfig | None:
+    """The node config named by --config (None when the script has none, or it does not exist yet)."""
+    path = getattr(args, "config", None)
+    if path is None or (not required and not path.exists()):
+        return None
+    return load_config(path)
+
+
+def rpc_url(args: argparse.Namespace) -> str:
+    """--rpc-url, else $LLM_MESH_RPC_URL, else the node config's, else the local default."""
+    config = node_config(args)
+    return (
+        args.rpc_url
+        or os.environ.get("LLM_MESH_RPC_URL")
+        or (config.chain.rpc_url if config else DEFAULT_RPC)
+    )
+
+
+def deployment_path(args: argparse.Namespace) -> Path:
+    """--deployment, else $LLM_MESH_DEPLOYMENT, else the node config's, else .devnet/deployment.json."""
+    if args.deployment is not None:
+        return args.deployment
+    if os.environ.get("LLM_MESH_DEPLOYMENT"):
+        return Path(os.environ["LLM_MESH_DEPLOYMENT"])
+    config = node_config(args)
+    return config.chain.deployment if config else DEFAULT_DEPLOYMENT
+
+
+def account(args: argparse.Namespace) -> LocalAccount:
+    """--keystore or --dev-account, else the node config's keystore (and password file)."""
+    config = node_config(args)
+    if args.keystore is None and args.dev_account is None and config and config.chain.keystore:
+        password = args.password_file or config.chain.password_file
+        return load_account(keystore=config.chain.keystore, password_file=password, dev_index=None)
+    return account_from_args(args)
 
 
 @dataclass
@@ -106,11 +152,11 @@ class Session:
 
 def connect(args: argparse.Namespace, *, need_account: bool = True) -> Session:
     """Open a session from parsed arguments: RPC, deployment (chain id checked), account."""
-    w3 = rpc.connect(args.rpc_url)
-    deployment = load_deployment(args.deployment, w3)
-    account = account_from_args(args) if need_account else None
-    sender = TxSender(w3, account) if account is not None else None
-    return Session(w3=w3, deployment=deployment, account=account, sender=sender)
+    w3 = rpc.connect(rpc_url(args))
+    deployment = load_deployment(deployment_path(args), w3)
+    signer = account(args) if need_account else None
+    sender = TxSender(w3, signer) if signer is not None else None
+    return Session(w3=w3, deployment=deployment, account=signer, sender=sender)
 
 
 def parse_amount(text: str, what: str = "amount") -> int:

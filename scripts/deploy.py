@@ -9,7 +9,7 @@ from chain import rpc
 from chain.accounts import account_from_args
 from chain.deploy import DeployParams, deploy_all
 from chain.deployment import load_deployment, save_deployment
-from scripts.common import parse_amount, parser, run
+from scripts.common import deployment_path, parse_amount, parser, rpc_url, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    w3 = rpc.connect(args.rpc_url)
-    if args.deployment.exists() and not args.force:
-        existing = load_deployment(args.deployment, w3)
+    w3 = rpc.connect(rpc_url(args))
+    path = deployment_path(args)
+    if path.exists() and not args.force:
+        existing = load_deployment(path, w3)
         if w3.eth.get_code(existing.settlement):
-            print(
-                f"already deployed on chain {existing.chain_id}: {args.deployment} (pass --force to redeploy)"
-            )
+            print(f"already deployed on chain {existing.chain_id}: {path} (pass --force to redeploy)")
             return 0
     admin = account_from_args(args)
     params = DeployParams(
@@ -49,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"deploying to chain {w3.eth.chain_id} from {admin.address} ...", flush=True)
     deployment = deploy_all(w3, admin, params)
-    save_deployment(deployment, args.deployment)
+    save_deployment(deployment, path)
     for name, value in deployment.to_dict().items():
         print(f"  {name:15} {value}")
-    print(f"wrote {args.deployment}")
+    print(f"wrote {path}")
     return 0
 
 

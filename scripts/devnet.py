@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     kubo: KuboDaemon | None = None
     try:
         kubo = None if args.no_kubo else start_kubo(args.state_dir)
-        deployment_path = args.state_dir / "deployment.json"
+        # Absolute: `.devnet/env` and the node config must work from any working directory.
+        deployment_path = (args.state_dir / "deployment.json").resolve()
         deployment = ensure_deployed(w3, deployment_path)
         accounts = fund(w3, deployment)
         url = f"http://127.0.0.1:{port}"

@@ -7,35 +7,39 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from chain.views import latest_approved
-from node.config import build_config, load_config, save_config
-from scripts.common import UsageError, connect, parser, run
+from node.config import build_config, save_config
+from scripts.common import UsageError, connect, node_config, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = parser(__doc__)
+    p = parser(__doc__, node_config=True)
     p.add_argument("--model", required=True, help="model name as registered, e.g. gemma-3-270m")
     p.add_argument(
-        "--gpu-layers", type=int, default=0, help="layers to offload to the GPU (-1 all, 0 CPU only)"
+        "--gpu-layers",
+        type=int,
+        help="layers to offload to the GPU (-1 all, 0 CPU only; default: all with a declared GPU, else 0)",
     )
     p.add_argument("--n-ctx", type=int, default=4096, help="context length to serve (default 4096)")
-    p.add_argument("--threads", type=int, default=4, help="CPU threads per model (default 4)")
-    p.add_argument("--config", type=Path, default=Path("node.json"), help="node config (default node.json)")
+    p.add_argument("--threads", type=int, help="CPU threads per model (default: the declared cores)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config = load_config(args.config)
+    config = node_config(args, required=True)
     session = connect(args)
     model_id = latest_approved(session.models, args.model)
     node = session.node()
     if not node.registered:
         raise UsageError("this account has no registered node: run register_node.py first")
-    entry = {"name": args.model, "model_id": model_id, "gpu_layers": args.gpu_layers}
-    entry |= {"n_ctx": args.n_ctx, "threads": args.threads}
+    gpu_layers = (
+        args.gpu_layers if args.gpu_layers is not None else (0 if config.hardware.gpu == "none" else -1)
+    )
+    threads = args.threads or config.hardware.cpu_cores
+    entry = {"name": args.model, "model_id": model_id, "gpu_layers": gpu_layers}
+    entry |= {"n_ctx": args.n_ctx, "threads": threads}
     models = [m.model_dump() for m in config.models if m.name != args.model] + [entry]
     updated = build_config(**{**config.model_dump(), "models": models})  # refuses before anything is sent
     hosted = list(node.hosted_models)
@@ -45,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"on chain: already hosting {args.model} (model {model_id})")
     save_config(updated, args.config)
-    print(f"config: {args.config} serves {args.model} with gpu_layers={args.gpu_layers} n_ctx={args.n_ctx}")
+    print(
+        f"config: {args.config} serves {args.model} with gpu_layers={gpu_layers} n_ctx={args.n_ctx} "
+        f"threads={threads}"
+    )
     return 0
 
 

@@ -7,27 +7,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from web3 import Web3
 
 from chain.units import format_token
-from node.config import check_endpoint, load_config
-from scripts.common import Session, UsageError, connect, parse_amount, parser, run
+from node.config import check_endpoint
+from scripts.common import Session, UsageError, connect, node_config, parse_amount, parser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = parser(__doc__)
+    p = parser(__doc__, node_config=True)
     p.add_argument("--node-id", help="unique node name (default: node_id from --config)")
     p.add_argument("--stake", required=True, help="total stake to hold, in MESH (at least the minimum stake)")
     p.add_argument("--endpoint", help="public base URL of the node's API (default: endpoint from --config)")
-    p.add_argument("--config", type=Path, default=Path("node.json"), help="node config (default node.json)")
     return p
 
 
 def resolve(args: argparse.Namespace) -> tuple[str, str, str]:
     """node id, endpoint and hardware profile, from the arguments and the node config."""
-    config = load_config(args.config) if args.config.exists() else None
+    config = node_config(args)
     node_id = args.node_id or (config.node_id if config else None)
     endpoint = args.endpoint or (config.endpoint if config else None)
     if not node_id or not endpoint:

@@ -17,6 +17,7 @@ import pytest
 
 from chain.accounts import ANVIL_DEV_KEYS, dev_account
 from chain.artifacts import load_artifact
+from storage.unixfs import hash_bytes
 from tests.conftest import ROOT, free_port
 from tests.gguf_models import write_tiny_llama
 
@@ -228,13 +229,85 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
     out = ok(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "8192"))
     assert "now hosting gemma-3-270m (model 1)" in out
     saved = json.loads(operator_files["config"].read_text())
+    # Defaults from the declared hardware: a GPU takes every layer, threads are the declared cores.
+    cores = os.cpu_count()
     assert saved["models"] == [
-        {"name": "gemma-3-270m", "model_id": 1, "gpu_layers": 0, "n_ctx": 8192, "threads": 4}
+        {"name": "gemma-3-270m", "model_id": 1, "gpu_layers": -1, "n_ctx": 8192, "threads": cores}
     ]
 
     status = ok(script(devnet, "status"))
     assert "my-awesome-node" in status and "1,500 MESH" in status and "gemma-3-270m" in status
     assert "approved" in status and "0.002 MESH" in status
+
+
+def test_operatorConfig_isOneStory(devnet: Devnet, operator_files: dict[str, Path], tmp_path: Path) -> None:
+    """The config names the account, so no script asks for --keystore again; a re-run changes only
+    what it is given; relative paths are relative to the config file, so the scripts work from any
+    directory."""
+    home = tmp_path / "node-home"
+    home.mkdir()
+    keystore, password = home / "keystore.json", home / "password"
+    keystore.write_bytes(operator_files["keystore"].read_bytes())
+    keystore.chmod(0o600)
+    password.write_bytes(operator_files["password"].read_bytes())
+    password.chmod(0o600)
+    config = home / "node.json"
+    first = ["--gpu-specs", "rtx4090", "--ram", "64", "--storage", "2000", "--bandwidth", "500"]
+    ok(script(devnet, "configure_node", "--config", str(config), *first, "--node-id", "my-awesome-node"))
+    # Relative paths in the file, as an operator would write them by hand.
+    document = json.loads(config.read_text())
+    document["chain"] |= {"keystore": "keystore.json", "password_file": "password"}
+    config.write_text(json.dumps(document))
+    again = ok(script(devnet, "configure_node", "--config", str(config), "--cpu-cores", "3"))
+    assert '"cpu_cores":3' in again and '"gpu":"rtx4090"' in again and '"bandwidth_mbps":500' in again
+    saved = json.loads(config.read_text())
+    assert saved["chain"]["keystore"] == str(keystore) and saved["chain"]["password_file"] == str(password)
+    assert saved["hardware"]["ram_gb"] == 64 and saved["node_id"] == "my-awesome-node"
+
+    elsewhere = tmp_path / "somewhere-else"
+    elsewhere.mkdir()
+    env_config = ["--config", str(config)]
+    out = ok(script(devnet, "register_node", *env_config, "--stake", "1500", cwd=elsewhere))
+    assert "node my-awesome-node (0x70997970" in out  # the account came from the config
+    out = ok(
+        script(devnet, "host_model", *env_config, "--model", "gemma-3-270m", "--threads", "1", cwd=elsewhere)
+    )
+    assert "threads=1" in out and "gpu_layers=-1" in out
+    fresh = script(devnet, "configure_node", "--config", str(tmp_path / "new.json"), "--gpu-specs", "none")
+    assert fresh.returncode == 2 and "needs --ram GB and --storage GB" in fresh.stderr
+
+
+def test_readmeOperatorPath_worksAsWritten(devnet: Devnet, tmp_path: Path) -> None:
+    """The README's operator commands, with its defaults: config and keystore in ~/.llm-mesh, no
+    --config, no account flags, no --keystore after setup-node.sh."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "pw.txt").write_text("a-good-password\n")
+    (tmp_path / "pw.txt").chmod(0o600)
+    env = {**devnet.env, "HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+    def run_here(*cmd: str) -> str:
+        result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    out = run_here(str(ROOT / "scripts" / "setup-node.sh"), "--password-file", "pw.txt")
+    address = out.split("the node account is ", 1)[1].split(".", 1)[0]
+    assert (home / ".llm-mesh" / "node.json").exists() and "--config" not in out
+    python = [sys.executable, "-m"]
+    run_here(*python, "scripts.faucet", "--dev-account", "0", "--to", address, "--amount", "2000")
+    run_here(*python, "scripts.configure_node", "--gpu-specs", "rtx4090", "--ram", "64", "--storage", "2000",
+             "--node-id", "readme-node", "--endpoint", "http://203.0.113.7:8090")  # fmt: skip
+    out = run_here(*python, "scripts.register_node", "--stake", "1000")
+    assert "registered readme-node" in out and address.lower() in out.lower()
+    facts = hash_bytes(b"the readme operator path model")
+    out = run_here(*python, "scripts.publish_model", "--dev-account", "2", "--name", "readme-model",
+                   "--cid", str(facts.cid), "--sha256", facts.sha256, "--size", str(facts.size),
+                   "--context", "2048", "--price-per-1k", "0.002")  # fmt: skip
+    model_id = out.split(" as model ", 1)[1].split()[0]
+    run_here(*python, "scripts.approve_model", "--dev-account", "0", "--model-id", model_id)
+    out = run_here(*python, "scripts.host_model", "--model", "readme-model")
+    assert "now hosting readme-model" in out and "gpu_layers=-1" in out
 
 
 def test_userFlow_fundsEscrowAndWithdrawsAfterDelay(devnet: Devnet) -> None:
@@ -540,4 +613,4 @@ def test_configureNode_replacesAConfigThatNoLongerValidates(devnet: Devnet, tmp_
     config.write_text('{"node_id": "old", "endpoint": "http:", "hardware": {"cpu_cores": 2}}')
     result = script(devnet, "configure_node", "--config", str(config), "--ram", "64", "--storage", "100")
     assert "wrote" in ok(result) and "no longer validates" in result.stderr
-    assert json.loads(config.read_text())["endpoint"] == "http://127.0.0.1:8080"
+    assert json.loads(config.read_text())["endpoint"] == "http://127.0.0.1:8090"  # not kubo's 8080
