@@ -18,7 +18,7 @@ from storage.errors import (
     KuboUnavailableError,
     StorageError,
 )
-from storage.fetch import Fetched, fetch_file, verify_file
+from storage.fetch import Fetched, FetchInProgressError, fetch_file, verify_file
 from storage.kubo import KuboClient
 from storage.progress import ProgressBar
 from storage.publish import PublishedFile, publish
@@ -33,6 +33,7 @@ __all__ = [
     "Cid",
     "CidError",
     "DagError",
+    "FetchInProgressError",
     "Fetched",
     "FileBlockStore",
     "FileDag",

@@ -71,29 +71,6 @@ def _kv(event: str, **fields: Any) -> str:
     return " ".join(parts)
 
 
-class CacheSpaceError(CacheFullError):
-    """No room for a model, under the cache limit (`where="cache"`) or on the disk (`where="disk"`).
-
-    `needed` is what the model still needs, `free` what it could get even after evicting every model
-    not in use; `disk_free` is the filesystem's free space, `in_use` / `fetching` what could not go."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        needed: int,
-        free: int,
-        limit: int,
-        where: str,
-        disk_free: int | None = None,
-        in_use: tuple[Cid, ...] = (),
-        fetching: tuple[Cid, ...] = (),
-    ) -> None:
-        super().__init__(message)
-        self.needed, self.free, self.limit, self.where = needed, free, limit, where
-        self.disk_free, self.in_use, self.fetching = disk_free, in_use, fetching
-
-
 @dataclass(frozen=True, slots=True)
 class CacheEntry:
     """One cached model file. `in_use`: acquires by this cache, or 1 when only another process holds
@@ -647,7 +624,7 @@ class ModelCache:
 
     def _make_room(self, needed: int, keep: Cid | None) -> list[Cid]:
         if needed > self.max_bytes:
-            raise CacheSpaceError(
+            raise CacheFullError(
                 f"a model of {needed} bytes cannot fit a cache limited to {self.max_bytes} bytes: "
                 "raise the limit",
                 needed=needed,
@@ -679,7 +656,7 @@ class ModelCache:
                 in_use = tuple(e.cid for e in entries if e.in_use)
                 busy = ", ".join(f"{e.cid} ({e.size} bytes)" for e in entries if e.in_use)
                 fetching = ", ".join(f"{cid} ({size} bytes)" for cid, size in fetches.items() if cid != keep)
-                raise CacheSpaceError(
+                raise CacheFullError(
                     f"need {needed} bytes but only {cache_free + gained} of {self.max_bytes} can be "
                     f"freed; in use: {busy or 'none'}; being fetched: {fetching or 'none'}. "
                     "Unload a model, wait for the fetches or raise the cache limit",
@@ -692,7 +669,7 @@ class ModelCache:
                     fetching=tuple(c for c in fetches if c != keep),
                 )
             if disk_room + gained < needed:
-                raise CacheSpaceError(
+                raise CacheFullError(
                     f"need {needed} bytes on the disk holding {self.root} but only {disk_room + gained} "
                     f"can be had ({disk_free} free, {self.min_free_bytes} kept free, fetches in progress "
                     f"still to write the rest, {gained} from evicting every model not in use): free disk "
@@ -829,7 +806,7 @@ class ModelCache:
         log.info(_kv("cache_fetched", cid=cid, bytes=fetched.size, resumed_from=fetched.resumed_from))
         return fetched.path
 
-    def _disk_full(self, cid: Cid, planned: int) -> CacheSpaceError:
+    def _disk_full(self, cid: Cid, planned: int) -> CacheFullError:
         """The disk filled up under a fetch (something else wrote to it, or the estimate was off):
         delete interrupted downloads no process is writing, keep ours for resuming, and say so."""
         with self._dir_lock():
@@ -843,7 +820,7 @@ class ModelCache:
                 "cache_disk_full", cid=cid, needed=needed, free=free, partials_removed=len(removed), kept=have
             )
         )
-        return CacheSpaceError(
+        return CacheFullError(
             f"the disk holding {self.root} filled up while fetching {cid}: {needed} more bytes needed "
             f"(with {self.min_free_bytes} kept free), {free} free after deleting {len(removed)} interrupted "
             f"downloads. Free disk space or lower the cache limit below what the disk can hold, then fetch "

@@ -50,4 +50,24 @@ class GatewayError(StorageError):
 
 
 class CacheFullError(StorageError):
-    """The model cache cannot make room without evicting models that are in use."""
+    """No room for a model, under the cache limit (`where="cache"`) or on the disk (`where="disk"`).
+
+    `needed` is what the model still needs, `free` what it could get even after evicting every model
+    not in use; `disk_free` is the filesystem's free space, `in_use` / `fetching` the models (CIDs)
+    that could not be evicted because they are in use or being fetched."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        needed: int,
+        free: int,
+        limit: int,
+        where: str,
+        disk_free: int | None = None,
+        in_use: tuple[object, ...] = (),
+        fetching: tuple[object, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.needed, self.free, self.limit, self.where = needed, free, limit, where
+        self.disk_free, self.in_use, self.fetching = disk_free, in_use, fetching
