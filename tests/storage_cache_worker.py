@@ -16,37 +16,24 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
 
 from storage.blocks import KuboBlocks
 from storage.cache import ModelCache
 from storage.kubo import KuboClient
-from storage.unixfs import FileDag, Leaf
+from tests.storage_fixtures import AfterLeaves
 
 
-class Gated(KuboBlocks):
-    """A real kubo source that stops after `pause_after` leaves until the test says go on stdin, so
-    the test controls exactly when this fetch is in flight (no timing guesses)."""
-
-    def __init__(self, kubo: KuboClient, pause_after: int) -> None:
-        super().__init__(kubo)
-        self.pause_after = pause_after
-
-    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
-        sent = 0
-        async for item in super().leaves(dag, start):
-            if sent == self.pause_after:
-                print("paused", flush=True)
-                await asyncio.to_thread(sys.stdin.readline)
-            sent += 1
-            yield item
+async def _pause() -> None:
+    """Tell the test the fetch is in flight, and wait until it lets the fetch go on."""
+    print("paused", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
 
 
 async def _fetch(args: argparse.Namespace) -> None:
     extra = {} if args.min_free is None else {"min_free_bytes": args.min_free}
     cache = ModelCache(args.root, args.max_bytes, **extra)
     async with KuboClient(args.api) as kubo:
-        source = KuboBlocks(kubo) if args.pause_after is None else Gated(kubo, args.pause_after)
+        source = KuboBlocks(kubo) if args.pause_after is None else AfterLeaves(kubo, args.pause_after, _pause)
         await cache.fetch(source, args.cid, args.sha256)
     print("done", flush=True)
 

