@@ -65,9 +65,8 @@ def node_config(args: argparse.Namespace, *, required: bool = False) -> NodeConf
     return load_config(path)
 
 
-def rpc_url(args: argparse.Namespace) -> str:
-    """--rpc-url, else $LLM_MESH_RPC_URL, else the node config's, else the local default."""
-    config = node_config(args)
+def rpc_url(args: argparse.Namespace, config: NodeConfig | None = None) -> str:
+    """--rpc-url, else $LLM_MESH_RPC_URL, else the node `config`'s, else the local default."""
     return (
         args.rpc_url
         or os.environ.get("LLM_MESH_RPC_URL")
@@ -75,19 +74,17 @@ def rpc_url(args: argparse.Namespace) -> str:
     )
 
 
-def deployment_path(args: argparse.Namespace) -> Path:
-    """--deployment, else $LLM_MESH_DEPLOYMENT, else the node config's, else .devnet/deployment.json."""
+def deployment_path(args: argparse.Namespace, config: NodeConfig | None = None) -> Path:
+    """--deployment, else $LLM_MESH_DEPLOYMENT, else the node `config`'s, else .devnet/deployment.json."""
     if args.deployment is not None:
         return args.deployment
     if os.environ.get("LLM_MESH_DEPLOYMENT"):
         return Path(os.environ["LLM_MESH_DEPLOYMENT"])
-    config = node_config(args)
     return config.chain.deployment if config else DEFAULT_DEPLOYMENT
 
 
-def account(args: argparse.Namespace) -> LocalAccount:
-    """--keystore or --dev-account, else the node config's keystore (and password file)."""
-    config = node_config(args)
+def account(args: argparse.Namespace, config: NodeConfig | None = None) -> LocalAccount:
+    """--keystore or --dev-account, else the node `config`'s keystore (and password file)."""
     if args.keystore is None and args.dev_account is None and config and config.chain.keystore:
         password = args.password_file or config.chain.password_file
         return load_account(keystore=config.chain.keystore, password_file=password, dev_index=None)
@@ -152,9 +149,10 @@ class Session:
 
 def connect(args: argparse.Namespace, *, need_account: bool = True) -> Session:
     """Open a session from parsed arguments: RPC, deployment (chain id checked), account."""
-    w3 = rpc.connect(rpc_url(args))
-    deployment = load_deployment(deployment_path(args), w3)
-    signer = account(args) if need_account else None
+    config = node_config(args)  # read once: it may supply the RPC, the deployment and the account
+    w3 = rpc.connect(rpc_url(args, config))
+    deployment = load_deployment(deployment_path(args, config), w3)
+    signer = account(args, config) if need_account else None
     sender = TxSender(w3, signer) if signer is not None else None
     return Session(w3=w3, deployment=deployment, account=signer, sender=sender)
 
