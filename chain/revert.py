@@ -18,6 +18,7 @@ from eth_utils import keccak, to_checksum_address
 from chain.artifacts import CONTRACT_NAMES, load_artifact
 from chain.errors import ChainError
 from chain.units import format_duration, format_timestamp, format_token
+from chain.views import MODEL_STATUS
 
 BUILTIN = "Solidity"  # the "contract" of Error(string) and Panic(uint256) in the selector table
 
@@ -139,7 +140,7 @@ _TOKEN_PARAMETERS = frozenset({"minStake"})
 _DURATION_PARAMETERS = frozenset({"unbondingPeriod", "unlockDelay"})
 _ROLE_NAMES = ("CURATOR_ROLE", "SLASHER_ROLE", "SETTLEMENT_ROLE")
 _ENUMS: dict[str, tuple[str, ...]] = {
-    "enum IModelRegistry.Status": ("None", "Proposed", "Approved", "Deprecated"),
+    "enum IModelRegistry.Status": MODEL_STATUS,
 }
 
 
