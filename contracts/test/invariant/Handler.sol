@@ -82,7 +82,6 @@ contract Handler is Base {
         bytes4[] reasons; // 0 = expected to pay
         uint256[] amounts;
         uint256[] tokens; // what reputation credits: at most what the amount pays for
-        bool[] counted; // paid for at least 1K tokens, so counted as a receipt
         uint256 settled;
         uint256 paid;
         address submitter;
@@ -498,7 +497,6 @@ contract Handler is Base {
         size = bound(size, 1, MAX_BATCH);
         uint256 submitterIdx = seed % N_REGISTERED;
         Batch memory b = _newBatch(size);
-        b.counted = new bool[](size);
         b.submitter = mode == MODE_RELAYER ? relayer : nodeAddrs[submitterIdx];
         Sim memory sim = _loadSim();
         for (uint256 i; i < size; ++i) {
@@ -509,7 +507,6 @@ contract Handler is Base {
             b.metas[i] = m;
             b.receipts[i] = _build(rs, m, b.submitter, sim);
             (b.reasons[i], b.amounts[i], b.tokens[i]) = _predict(b.receipts[i], m, b.submitter, sim);
-            b.counted[i] = b.amounts[i] >= PRICE_PER_1K;
             if (b.reasons[i] == bytes4(0)) {
                 b.settled += 1;
                 b.paid += b.amounts[i];
@@ -607,7 +604,8 @@ contract Handler is Base {
             ghost_channelTokens[r.payer][r.node] = r.cumulativeTokens;
             ghost_paidToNode[r.node] += b.amounts[i];
             ghost_tokensToNode[r.node] += b.tokens[i];
-            if (b.counted[i]) {
+            if (b.amounts[i] >= PRICE_PER_1K) {
+                // paid for at least 1K tokens: a counted receipt
                 ghost_receiptsToNode[r.node] += 1;
                 ghost_lastSettledAt[r.node] = block.timestamp;
             }
