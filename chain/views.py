@@ -12,6 +12,7 @@ from collections import namedtuple
 from typing import Any
 
 from web3.contract import Contract
+from web3.types import BlockIdentifier
 
 from chain.artifacts import load_artifact
 from chain.errors import ChainError
@@ -40,14 +41,16 @@ Reputation = _struct_type("NodeRegistry", "reputationOf", "Reputation")
 Escrow = _struct_type("Settlement", "escrowOf", "Escrow")
 
 
-def model_info(models: Contract, model_id: int) -> Any:
-    """A model version from the ModelRegistry (`.name`, `.cid`, `.price_per_1k`, `.status`, ...)."""
-    return ModelInfo(*models.functions.getModel(model_id).call())
+def model_info(models: Contract, model_id: int, block: BlockIdentifier = "latest") -> Any:
+    """A model version from the ModelRegistry (`.name`, `.cid`, `.price_per_1k`, `.status`, ...),
+    as of `block`."""
+    return ModelInfo(*models.functions.getModel(model_id).call(block_identifier=block))
 
 
-def node_info(nodes: Contract, operator: str) -> Any:
-    """A node's registration and stake (`.node_id`, `.endpoint`, `.stake`, `.unbonding`, ...)."""
-    return NodeInfo(*nodes.functions.getNode(operator).call())
+def node_info(nodes: Contract, operator: str, block: BlockIdentifier = "latest") -> Any:
+    """A node's registration and stake (`.node_id`, `.endpoint`, `.stake`, `.unbonding`, ...), as of
+    `block`."""
+    return NodeInfo(*nodes.functions.getNode(operator).call(block_identifier=block))
 
 
 def reputation_of(nodes: Contract, operator: str) -> Any:

@@ -112,8 +112,31 @@ class HostedModel(BaseModel):
     name: str = Field(..., min_length=1, max_length=64)
     model_id: int | None = Field(None, ge=1)
     gpu_layers: int = Field(0, ge=-1, le=1000)
-    n_ctx: int = Field(4096, ge=128, le=1_048_576)
+    n_ctx: int = Field(4096, ge=128, le=1_048_576)  # tokens per request (prompt + completion)
     threads: int = Field(4, ge=1, le=1024)
+    slots: int = Field(4, ge=1, le=64)  # requests decoded together in one batch
+    eager: bool = False  # load at start instead of on the first request
+
+
+class ServingLimits(BaseModel):
+    """What one request and one client may ask of the node; safe defaults for a public endpoint."""
+
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
+    max_tokens_cap: int = Field(2048, ge=1, le=1_048_576)  # completion tokens one request may ask for
+    default_max_tokens: int = Field(512, ge=1, le=1_048_576)  # chat requests that do not say
+    request_timeout_s: float = Field(600.0, gt=0, le=86_400)  # the whole request, queueing included
+    token_timeout_s: float = Field(60.0, gt=0, le=3_600)  # between two tokens (or to the first)
+    queue_size: int = Field(64, ge=0, le=100_000)  # requests waiting for a slot, over all models
+    max_connections: int = Field(256, ge=1, le=100_000)
+    memory_budget_gb: float = Field(8.0, gt=0, le=65_536)  # loaded models: file size + KV estimate
+
+    @model_validator(mode="after")
+    def _defaults_fit(self) -> ServingLimits:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens {self.default_max_tokens} exceeds max_tokens_cap {self.max_tokens_cap}"
+            )
+        return self
 
 
 class ChainSettings(BaseModel):
@@ -123,6 +146,9 @@ class ChainSettings(BaseModel):
     deployment: Path = Path(".devnet/deployment.json")
     keystore: Path | None = None
     password_file: Path | None = None
+    # Blocks an event must be under before the node acts on it (0 on a devnet that mines on demand).
+    confirmations: int = Field(2, ge=0, le=1000)
+    poll_interval_s: float = Field(2.0, gt=0, le=3600)
 
     @field_validator("rpc_url")
     @classmethod
@@ -150,8 +176,13 @@ class NodeConfig(BaseSettings):
     chain: ChainSettings = Field(default_factory=ChainSettings)
     cache_dir: Path = Path(".cache/models")
     cache_limit_gb: float = Field(100.0, gt=0)
+    # The kubo RPC API the node fetches models through.
+    ipfs_api: str = "http://127.0.0.1:5001"
+    # Where the daemon listens; None: the endpoint's host and port (use 0.0.0.0 behind a public URL).
+    listen: str | None = Field(None, max_length=256)
+    serving: ServingLimits = Field(default_factory=ServingLimits)
 
-    @field_validator("endpoint")
+    @field_validator("endpoint", "ipfs_api")
     @classmethod
     def _http_url(cls, value: str) -> str:
         return check_endpoint(value)

@@ -54,6 +54,9 @@ class _Request(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = Field(default=None, max_length=256)
+    # llm-mesh's extension: decode alone with the prompt in one ubatch, so the logits are those of
+    # a single-sequence run of the same llama.cpp build (what verification canaries compare).
+    reference: bool = False
 
     @field_validator("model", "user")
     @classmethod

@@ -29,7 +29,14 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_llama(path: str | Path, *, seed: int = 0, context: int = 512, name: str = "tiny") -> Path:
+def write_tiny_llama(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    context: int = 512,
+    name: str = "tiny",
+    chat_template: str = CHAT_TEMPLATE,
+) -> Path:
     """Write a random-weight llama GGUF to `path` (F32 weights, `context` tokens of context)."""
     path = Path(path)
     rng = np.random.default_rng(seed)
@@ -52,7 +59,7 @@ def write_tiny_llama(path: str | Path, *, seed: int = 0, context: int = 512, nam
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
 
     def weight(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.2).astype(np.float32)

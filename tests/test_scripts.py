@@ -232,7 +232,15 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
     # Defaults from the declared hardware: a GPU takes every layer, threads are the declared cores.
     cores = os.cpu_count()
     assert saved["models"] == [
-        {"name": "gemma-3-270m", "model_id": 1, "gpu_layers": -1, "n_ctx": 8192, "threads": cores}
+        {
+            "name": "gemma-3-270m",
+            "model_id": 1,
+            "gpu_layers": -1,
+            "n_ctx": 8192,
+            "threads": cores,
+            "slots": 4,
+            "eager": False,
+        }
     ]
 
     status = ok(script(devnet, "status"))
