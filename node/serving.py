@@ -19,7 +19,7 @@ from typing import Any
 from node.config import ServingLimits
 from node.messages import Finished, Piece, Refused, Sampling, Started, Submit
 from node.metrics import Metrics
-from node.templates import ChatTemplate, ChatTemplateError
+from node.templates import ChatTemplate, ChatTemplateError, template_source
 from node.workers import WorkerLost, WorkerProcess, Workers
 from protocol import sse
 from protocol.errors import ApiError
@@ -140,7 +140,7 @@ class Serving:
         stack = AsyncExitStack()
         try:
             worker = await stack.enter_async_context(self.workers.lease(request.model, ctx.client, deadline))
-            prompt, special = self._prompt(request, worker)
+            prompt, special = await self._prompt(request, worker)
             message = Submit(next(_ids), prompt, sampling, special=special, reference=request.reference)
             job = Job(worker, message, self.limits.token_timeout_s, deadline)
             stack.callback(job.cancel)
@@ -181,7 +181,7 @@ class Serving:
             logprobs=request.top_logprobs_wanted,
         )
 
-    def _prompt(
+    async def _prompt(
         self, request: CompletionRequest | ChatCompletionRequest, worker: WorkerProcess
     ) -> tuple[str, bool]:
         if isinstance(request, CompletionRequest):
@@ -192,17 +192,15 @@ class Serving:
         template = self._templates.get(key)
         if template is None:
             model = self.workers.model(request.model)
-            source = model.header.metadata.get("tokenizer.chat_template") if model is not None else None
+            source = template_source(model.header.metadata) if model is not None else None
             try:
-                template = ChatTemplate(
-                    source if isinstance(source, str) else None, ready.bos_text, ready.eos_text
-                )
+                template = ChatTemplate(source, ready.bos_text, ready.eos_text)
             except ChatTemplateError as exc:
                 raise ApiError(400, str(exc), param="messages", code="chat_template") from None
             self._templates[key] = template
         messages = [{"role": m.role, "content": m.text} for m in request.messages]
-        try:
-            return template.render(messages, add_generation_prompt=True), True
+        try:  # in a thread: a hostile template spends up to its time limit there, not on the loop
+            return await asyncio.to_thread(template.render, messages, True), True
         except ChatTemplateError as exc:
             raise ApiError(400, str(exc), param="messages", code="chat_template") from None
 

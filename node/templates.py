@@ -92,6 +92,58 @@ FALLBACK_TEMPLATE = (
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
 
+ALTERNATE = "Conversation roles must alternate user/assistant/user/assistant/..."
+
+# The Gemma turn format: BOS, then `<start_of_turn>{user|model}\n{text}<end_of_turn>\n` per message,
+# a system message merged into the first user turn, roles strictly alternating, text trimmed.
+GEMMA_TEMPLATE = (
+    """{{ bos_token }}
+{%- if messages and messages[0]['role'] == 'system' %}
+  {%- set head = messages[0]['content'] %}
+  {%- if head is not string %}
+    {%- set head = head | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') %}
+  {%- endif %}
+  {%- set prefix = head | trim ~ '\\n\\n' %}
+  {%- set turns = messages[1:] %}
+{%- else %}
+  {%- set prefix = '' %}
+  {%- set turns = messages %}
+{%- endif %}
+{%- for message in turns %}
+  {%- if (message['role'] == 'user') != (loop.index0 is even) %}
+    {{- raise_exception('"""
+    + ALTERNATE
+    + """') }}
+  {%- endif %}
+  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
+  {%- set text = message['content'] %}
+  {%- if text is not string %}
+    {%- set text = text | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}
+  {%- endif %}
+<start_of_turn>{{ role }}
+{{ prefix if loop.first else '' }}{{ text | trim }}<end_of_turn>
+{% endfor %}
+{%- if add_generation_prompt %}
+<start_of_turn>model
+{% endif %}"""
+)
+
+
+# Built-in templates by `general.architecture`, for GGUF files that carry none (the Gemma 3 270M
+# file the project ships is one): the model's own turn format beats the generic fallback.
+BUILTIN_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "gemma2": GEMMA_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+
+
+def template_source(metadata: dict[str, object]) -> str | None:
+    """The template to compile for a model: its GGUF's own, else a built-in for its architecture,
+    else None (the fallback)."""
+    own = metadata.get("tokenizer.chat_template")
+    if isinstance(own, str) and own.strip():
+        return own
+    architecture = metadata.get("general.architecture")
+    return BUILTIN_TEMPLATES.get(architecture) if isinstance(architecture, str) else None
+
+
 # str methods a template may call as they are: each makes at most a few times its input.
 _STR_DENIED = frozenset({"format", "format_map", "translate", "encode"})
 _STR_GUARDED = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "replace", "join"})

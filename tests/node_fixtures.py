@@ -5,7 +5,6 @@ its own event loop, real worker processes running llama.cpp, over a served set t
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -15,11 +14,11 @@ import pytest
 
 from node.app import build_stack
 from node.config import HostedModel, ServingLimits
+from node.local import local_servable
 from node.models import ServableModel
 from node.server import HttpServer
 from node.service import run_services
 from storage.daemon import free_port
-from storage.gguf import read_header
 from tests.gguf_models import write_tiny_llama
 
 T = TypeVar("T")
@@ -27,21 +26,8 @@ T = TypeVar("T")
 
 def servable(path: Path, name: str, model_id: int = 1, **settings: Any) -> ServableModel:
     """A served model for a local GGUF file, as the model manager would hand it over."""
-    data = path.read_bytes() if path.stat().st_size < 64 << 20 else b""
-    header = read_header(path)
-    hosted = HostedModel(name=name, **{"threads": 2, "n_ctx": 512, **settings})
-    return ServableModel(
-        model_id=model_id,
-        name=name,
-        path=path,
-        size=path.stat().st_size,
-        sha256=hashlib.sha256(data).hexdigest(),
-        context_window=hosted.n_ctx,
-        price_per_1k=10**15,
-        quantization="F32",
-        specialties=(),
-        settings=hosted,
-        header=header,
+    return local_servable(
+        path, name, HostedModel(name=name, **{"threads": 2, "n_ctx": 512, **settings}), model_id
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import llama_cpp
 import openai
 import pytest
 
@@ -212,7 +213,12 @@ def test_daemon_realGemmaModel_chatWithItsTemplate(net: Net, daemon_factory, gem
         temperature=0,
     )
     assert chat.choices[0].message.content.strip() and chat.usage.completion_tokens >= 8
-    assert "<start_of_turn>" not in chat.choices[0].message.content
+    # The prompt was Gemma's turn format (the built-in: the file has no template), special tokens
+    # parsed as tokens and one BOS: exactly what llama.cpp's own tokenizer makes of it.
+    vocab = llama_cpp.Llama(model_path=str(gemma_model), vocab_only=True, verbose=False)
+    expected = "<bos><start_of_turn>user\nWrite a Python function that adds two numbers.<end_of_turn>\n"
+    expected += "<start_of_turn>model\n"
+    assert chat.usage.prompt_tokens == len(vocab.tokenize(expected.encode(), add_bos=False, special=True))
     health = httpx.get(node.url + "/health", timeout=5).json()
     assert health["models"]["gemma3-270m"]["state"] == "ready"
     rss = health["models"]["gemma3-270m"]["rss_bytes"]

@@ -17,45 +17,16 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from node.templates import FALLBACK_TEMPLATE, ChatTemplate, ChatTemplateError
+from node.templates import (
+    ALTERNATE,
+    FALLBACK_TEMPLATE,
+    GEMMA_TEMPLATE,
+    ChatTemplate,
+    ChatTemplateError,
+    template_source,
+)
 from storage.gguf import read_header
 from tests.gguf_models import CHAT_TEMPLATE, write_tiny_llama
-
-ALTERNATE = "Conversation roles must alternate user/assistant/user/assistant/..."
-
-# The Gemma turn format: BOS, then `<start_of_turn>{user|model}\n{text}<end_of_turn>\n` per message,
-# a system message merged into the first user turn, roles strictly alternating, text trimmed.
-GEMMA_FORMAT = (
-    """{{ bos_token }}
-{%- if messages and messages[0]['role'] == 'system' %}
-  {%- set head = messages[0]['content'] %}
-  {%- if head is not string %}
-    {%- set head = head | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('\\n') %}
-  {%- endif %}
-  {%- set prefix = head | trim ~ '\\n\\n' %}
-  {%- set turns = messages[1:] %}
-{%- else %}
-  {%- set prefix = '' %}
-  {%- set turns = messages %}
-{%- endif %}
-{%- for message in turns %}
-  {%- if (message['role'] == 'user') != (loop.index0 is even) %}
-    {{- raise_exception('"""
-    + ALTERNATE
-    + """') }}
-  {%- endif %}
-  {%- set role = 'model' if message['role'] == 'assistant' else message['role'] %}
-  {%- set text = message['content'] %}
-  {%- if text is not string %}
-    {%- set text = text | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}
-  {%- endif %}
-<start_of_turn>{{ role }}
-{{ prefix if loop.first else '' }}{{ text | trim }}<end_of_turn>
-{% endfor %}
-{%- if add_generation_prompt %}
-<start_of_turn>model
-{% endif %}"""
-)
 
 USER = {"role": "user", "content": "Fix the bug in parse()."}
 SYSTEM = {"role": "system", "content": "You are a terse code reviewer."}
@@ -86,24 +57,29 @@ def gemma_vocab(gemma_model: Path) -> llama_cpp.Llama:
 # Real models ---------------------------------------------------------------------------------------
 
 
-def test_gemmaGguf_hasNoTemplate_soTheNodeRendersTheFallbackWithItsRealBos(
+def test_gemmaGguf_hasNoTemplate_soTheNodeUsesTheBuiltinGemmaFormat(
     gemma_model: Path, gemma_vocab: llama_cpp.Llama
 ) -> None:
-    source = read_header(gemma_model).metadata.get("tokenizer.chat_template")
-    assert source is None  # the packaged Gemma 3 270M GGUF ships without a chat template
+    metadata = read_header(gemma_model).metadata
+    assert metadata.get("tokenizer.chat_template") is None  # the packaged GGUF ships without one
+    assert template_source(metadata) == GEMMA_TEMPLATE  # chosen by general.architecture
     bos = gemma_vocab.detokenize([gemma_vocab.token_bos()], special=True).decode()
     eos = gemma_vocab.detokenize([gemma_vocab.token_eos()], special=True).decode()
-    template = ChatTemplate(source, bos, eos)
-    assert template.is_fallback
-    prompt = template.render([SYSTEM, USER])
-    assert prompt == (
-        "<bos>system: You are a terse code reviewer.\n\nuser: Fix the bug in parse().\n\nassistant:"
-    )
+    prompt = ChatTemplate(template_source(metadata), bos, eos).render([SYSTEM, USER])
+    assert prompt.startswith("<bos><start_of_turn>user\nYou are a terse code reviewer.\n\nFix the bug")
     assert gemma_vocab.tokenize(prompt.encode(), add_bos=False, special=True)[0] == gemma_vocab.token_bos()
 
 
+def test_templateSource_withoutOwnOrBuiltin_isTheFallback() -> None:
+    assert template_source({"general.architecture": "llama"}) is None
+    assert ChatTemplate(template_source({}), "<s>", "</s>").is_fallback
+    assert (
+        template_source({"tokenizer.chat_template": "{{ 1 }}", "general.architecture": "gemma3"}) == "{{ 1 }}"
+    )
+
+
 def test_gemmaFormat_rendersSystemAndUserAsGemmaExpects(gemma_vocab: llama_cpp.Llama) -> None:
-    prompt = ChatTemplate(GEMMA_FORMAT, "<bos>", "<eos>").render([SYSTEM, USER])
+    prompt = ChatTemplate(GEMMA_TEMPLATE, "<bos>", "<eos>").render([SYSTEM, USER])
     assert prompt == (
         "<bos><start_of_turn>user\nYou are a terse code reviewer.\n\nFix the bug in parse().<end_of_turn>\n"
         "<start_of_turn>model\n"
@@ -129,7 +105,7 @@ def test_gemmaFormat_rendersSystemAndUserAsGemmaExpects(gemma_vocab: llama_cpp.L
 def test_gemmaFormat_matchesLlamaCppsBuiltinGemmaFormatter(
     messages: list[dict[str, str]], add_generation_prompt: bool
 ) -> None:
-    rendered = ChatTemplate(GEMMA_FORMAT, "<bos>", "<eos>").render(messages, add_generation_prompt)
+    rendered = ChatTemplate(GEMMA_TEMPLATE, "<bos>", "<eos>").render(messages, add_generation_prompt)
     assert rendered == "<bos>" + llama_cpp_builtin("gemma", messages, add_generation_prompt)
 
 
@@ -141,7 +117,7 @@ def test_gemmaFormat_takesTextPartsOfMultipartContent() -> None:
             "content": [{"type": "text", "text": "Explain "}, {"type": "text", "text": "this."}],
         },
     ]
-    rendered = ChatTemplate(GEMMA_FORMAT, "<bos>", "<eos>").render(messages)
+    rendered = ChatTemplate(GEMMA_TEMPLATE, "<bos>", "<eos>").render(messages)
     assert (
         rendered
         == "<bos><start_of_turn>user\nBe brief.\n\nExplain this.<end_of_turn>\n<start_of_turn>model\n"
@@ -149,7 +125,7 @@ def test_gemmaFormat_takesTextPartsOfMultipartContent() -> None:
 
 
 def test_raiseException_passesTheTemplatesMessageThrough() -> None:
-    template = ChatTemplate(GEMMA_FORMAT, "<bos>", "<eos>")
+    template = ChatTemplate(GEMMA_TEMPLATE, "<bos>", "<eos>")
     with pytest.raises(ChatTemplateError) as caught:
         template.render([USER, USER])
     assert caught.value.raised_by_template
@@ -379,7 +355,7 @@ def test_render_isFastForALongConversation() -> None:
     turns = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": "def f(): pass " * 20} for i in range(2000)
     ]
-    template = ChatTemplate(GEMMA_FORMAT, "<bos>", "<eos>")
+    template = ChatTemplate(GEMMA_TEMPLATE, "<bos>", "<eos>")
     started = time.monotonic()
     prompt = template.render(turns)
     assert time.monotonic() - started < 0.5  # traced for its deadline, still far below the bound
