@@ -20,7 +20,6 @@ Writes are meant for one thread (the watcher's); a lock keeps concurrent writers
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from eth_utils import to_checksum_address
 from web3.contract import Contract
 
 from chain.errors import ChainError
+from chain.logs import kv as _kv
 from chain.views import MODEL_STATUS, model_info, node_info, status_name
 from chain.watcher import ChainEvent
 
@@ -44,17 +44,6 @@ NODES = "NodeRegistry"
 APPROVED = MODEL_STATUS.index("Approved")
 
 Listener = Callable[["RegistrySnapshot"], None]
-
-
-def _kv(event: str, **fields: Any) -> str:
-    """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from web3.types import BlockData
 
 from chain.errors import ChainError, WrongNetwork
 from chain.files import write_atomic
+from chain.logs import kv as _kv
 from chain.redact import redact
 
 log = logging.getLogger(__name__)
@@ -220,17 +221,6 @@ class _HandlerFailedError(Exception):
     def __init__(self, original: BaseException) -> None:
         super().__init__(str(original))
         self.original = original
-
-
-def _kv(event: str, **fields: Any) -> str:
-    """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def _plain(value: Any) -> Any:

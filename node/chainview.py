@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from web3 import Web3
 from web3.contract import Contract
@@ -38,6 +37,7 @@ from web3.exceptions import ContractLogicError
 from chain import rpc
 from chain.deployment import Deployment, contract_at, load_deployment
 from chain.errors import ChainError
+from chain.logs import kv as _kv
 from chain.redact import redact
 from chain.registry import Listener, RegistryView
 from chain.watcher import RETRYABLE_ERRORS, ChainEvent, ChainIdentityError, EventWatcher
@@ -47,17 +47,6 @@ from node.service import Service
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-def _kv(event: str, **fields: Any) -> str:
-    """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def default_state_dir(config: NodeConfig, config_path: Path | None = None) -> Path:

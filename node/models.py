@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,7 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from chain.accounts import load_account
+from chain.logs import kv as _kv
 from chain.redact import redact
 from chain.registry import APPROVED, RegistrySnapshot
 from chain.tx import TxSender
@@ -58,17 +58,6 @@ log = logging.getLogger(__name__)
 
 KUBO_API_ENV = "LLM_MESH_KUBO_API"
 OnChange = Callable[[dict[str, "ServableModel"]], Awaitable[None] | None]
-
-
-def _kv(event: str, **fields: Any) -> str:
-    """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
-            text = json.dumps(text)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)

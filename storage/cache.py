@@ -60,6 +60,7 @@ _SIDECARS = (PARTIAL_SUFFIX, DAG_SUFFIX, RECORD_SUFFIX, ".tmp")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+# The log dialect of chain.logs.kv, copied: storage imports nothing of ours (DESIGN.md, Layout).
 def _kv(event: str, **fields: Any) -> str:
     """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
     parts = [f"event={event}"]

@@ -1,0 +1,18 @@
+"""The project's log dialect: one line per event, `event=name key=value ...` (storage, which may not
+import chain, keeps a copy of this one function)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def kv(event: str, **fields: Any) -> str:
+    """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        text = str(value)
+        if not text or any(c.isspace() or c in '"=' for c in text):
+            text = json.dumps(text)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
