@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import select
@@ -319,6 +320,15 @@ class InProcess:
         return out
 
 
+@functools.cache
+def _silent_log() -> Any:
+    """A llama.cpp log callback that drops everything; cached, so it lives as long as the process
+    (llama.cpp keeps calling it until the last model is freed)."""
+    import llama_cpp as lc
+
+    return lc.llama_log_callback(lambda level, text, user: None)
+
+
 class RawBatch:
     """Sequences decoded together in one llama.cpp batch with the low-level API: per-token sequence
     ids, one llama_decode per step, a greedy sampler per sequence, no HTTP and no IPC. The context
@@ -329,8 +339,7 @@ class RawBatch:
 
         self.lc = lc
         lc.llama_backend_init()
-        self._silence = lc.llama_log_callback(lambda level, text, user: None)  # kept alive
-        lc.llama_log_set(self._silence, ctypes.c_void_p(0))
+        lc.llama_log_set(_silent_log(), ctypes.c_void_p(0))
         self.model = lc.llama_model_load_from_file(os.fsencode(path), lc.llama_model_default_params())
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {path}")
@@ -673,20 +682,16 @@ def main() -> int:
     )
     started = time.monotonic()
     res = Results()
-    with tempfile.TemporaryDirectory(prefix="node-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="node-bench-") as tmp, contextlib.ExitStack() as stack:
         raw = RawBatch(path)  # first: it silences llama.cpp's log for the in-process model too
+        stack.callback(raw.close)
         inproc = InProcess(path)
-        try:
-            ttft_prompts = inproc.prompts_of(TTFT_PROMPT_TOKENS, TTFT_REQUESTS)
-            with servers(path, Path(tmp)) as (node, server):
-                for i in range(args.rounds):
-                    asyncio.run(one_round(res, node, server, inproc, raw, ttft_prompts))
-                    print(
-                        f"round {i + 1} of {args.rounds} done ({time.monotonic() - started:.0f} s)",
-                        flush=True,
-                    )
-        finally:
-            raw.close()
+        stack.callback(inproc.llm.close)
+        ttft_prompts = inproc.prompts_of(TTFT_PROMPT_TOKENS, TTFT_REQUESTS)
+        node, server = stack.enter_context(servers(path, Path(tmp)))
+        for i in range(args.rounds):
+            asyncio.run(one_round(res, node, server, inproc, raw, ttft_prompts))
+            print(f"round {i + 1} of {args.rounds} done ({time.monotonic() - started:.0f} s)", flush=True)
     report(res, size)
     print(f"\n{time.monotonic() - started:.0f} s, load average {load_average()} at the end")
     return 0

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from node.config import ServingLimits
+from node.workers import memory_estimate
 from tests.gguf_models import write_tiny_llama
 from tests.node_fixtures import NodeServer, servable
 
@@ -379,3 +380,25 @@ def test_idleConnectionsHeldOpen_doNotBlockOthers(node_server: NodeServer) -> No
     finally:
         for s in idle:
             s.close()
+
+
+def test_memoryBudget_unloadsTheLeastRecentlyUsedIdleModel(tmp_path: Path) -> None:
+    models = [
+        servable(write_tiny_llama(tmp_path / f"{n}.gguf", seed=i), n, model_id=i + 1)
+        for i, n in enumerate("ab")
+    ]
+    one = memory_estimate(models[0])
+    assert one == memory_estimate(models[1])
+    server = NodeServer(models, ServingLimits(memory_budget_gb=1.5 * one / (1 << 30)))  # room for one
+    try:
+        c = client(server)
+        c.completions.create(model="a", prompt="x", max_tokens=2)
+        pid_a = health(server)["models"]["a"]["pid"]
+        c.completions.create(model="b", prompt="x", max_tokens=2)
+        state = health(server)["models"]
+        assert state["b"]["state"] == "ready" and state["a"]["state"] == "unloaded"
+        wait_for(lambda: not Path(f"/proc/{pid_a}").exists(), 10, "model a's worker to exit")
+        assert c.completions.create(model="a", prompt="x", max_tokens=2).usage  # loads again
+        assert health(server)["models"]["b"]["state"] == "unloaded"
+    finally:
+        server.stop()
