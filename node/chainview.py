@@ -56,6 +56,15 @@ def default_state_dir(config: NodeConfig, config_path: Path | None = None) -> Pa
     return data_dir / "state"
 
 
+DEV_CHAIN_ID = 31337  # Anvil's and Hardhat's: a local chain that mines only when a transaction comes
+
+
+def dev_confirmations(chain_id: int) -> int:
+    """Confirmations when the config does not say: none on a local dev chain (it would wait for
+    blocks nobody mines), else 2."""
+    return 0 if chain_id == DEV_CHAIN_ID else 2
+
+
 class ChainView(Service):
     """Registry models and nodes from the chain, for the node's other services."""
 
@@ -67,7 +76,7 @@ class ChainView(Service):
         config_path: Path | None = None,
         *,
         state_dir: Path | None = None,
-        confirmations: int = 2,
+        confirmations: int | None = None,
         poll_interval: float = 1.0,
         batch_size: int = 2_000,
         initial_backoff: float = 1.0,
@@ -77,7 +86,8 @@ class ChainView(Service):
     ) -> None:
         """`config_path`: the file `config` was loaded from, which places the state directory
         (see the module doc; `state_dir` overrides it). `confirmations`: blocks an event must be
-        under the head before it counts (the watcher and the re-reads use the same);
+        under the head before it counts (the watcher and the re-reads use the same; None:
+        `dev_confirmations` of the RPC's chain id);
         `poll_interval`: seconds between watcher polls; `initial_backoff` / `max_backoff`: the
         retry waits after RPC failures; `rpc_timeout`: per JSON-RPC request; `stop_timeout`: how
         long `stop()` waits for the thread."""
@@ -148,6 +158,8 @@ class ChainView(Service):
         path = self.config.chain.deployment
         deployment = load_deployment(path, w3)
         chain_id = w3.eth.chain_id
+        if self.confirmations is None:
+            self.confirmations = dev_confirmations(chain_id)
         for name in ("ModelRegistry", "NodeRegistry"):
             address = deployment.address_of(name)
             if not w3.eth.get_code(address):

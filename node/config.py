@@ -146,8 +146,9 @@ class ChainSettings(BaseModel):
     deployment: Path = Path(".devnet/deployment.json")
     keystore: Path | None = None
     password_file: Path | None = None
-    # Blocks an event must be under before the node acts on it (0 on a devnet that mines on demand).
-    confirmations: int = Field(2, ge=0, le=1000)
+    # Blocks an event must be under before the node acts on it; None: 2, or 0 on a local dev chain
+    # (chain id 31337), which mines only when a transaction comes.
+    confirmations: int | None = Field(None, ge=0, le=1000)
     poll_interval_s: float = Field(2.0, gt=0, le=3600)
 
     @field_validator("rpc_url")

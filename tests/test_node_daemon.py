@@ -43,7 +43,6 @@ class Daemon:
                 "rpc_url": net.rpc_url,
                 "deployment": str(net.deployment_file),
                 **{k: str(v) for k, v in keystore_files(net.tmp, OPERATOR).items()},
-                "confirmations": 0,
                 "poll_interval_s": 0.2,
             },
             "cache_dir": str(net.tmp / "cache"),

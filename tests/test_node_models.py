@@ -26,7 +26,7 @@ from chain.registry import APPROVED, MODELS, RegistryView
 from chain.tx import TxSender
 from chain.views import MODEL_STATUS
 from chain.watcher import ChainEvent
-from node.chainview import ChainView
+from node.chainview import ChainView, dev_confirmations
 from node.config import HostedModel, NodeConfig
 from node.models import ModelManager, ServableModel
 from node.service import Service, ServiceError, run_services
@@ -501,3 +501,7 @@ def test_registryView_eventsItAlreadyReflectsChangeNothing(marketplace: Marketpl
     )
     assert view.apply(unrelated) is False
     assert Cid.parse(view.model(1).cid) == facts.cid
+
+
+def test_devConfirmations_noneOnALocalDevChainElseTwo() -> None:
+    assert dev_confirmations(31337) == 0 and dev_confirmations(1) == 2 and dev_confirmations(8453) == 2
