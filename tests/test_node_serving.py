@@ -189,31 +189,26 @@ def paused(server: NodeServer, model: str) -> Iterator[None]:
 
 
 def test_queueFull_503RetryAfter_andQueuedRequestsServedInTurn(tiny_model: Path) -> None:
-    server = NodeServer([servable(tiny_model, "tiny", slots=1, n_ctx=1024)], ServingLimits(queue_size=1))
-    body = {"model": "tiny", "prompt": "x", "max_tokens": 1000, "stream": True, "temperature": 1.0}
+    model = servable(tiny_model, "tiny", slots=1, n_ctx=1024, eager=True)
+    server = NodeServer([model], ServingLimits(queue_size=1))
+    body = {"model": "tiny", "prompt": "x", "max_tokens": 200, "stream": True, "temperature": 1.0}
+    url = server.url + "/v1/completions"
     try:
-        with (
-            ThreadPoolExecutor(1) as pool,
-            httpx.Client(timeout=30) as c,
-            c.stream("POST", server.url + "/v1/completions", json=body) as first,
-        ):
-            assert first.status_code == 200
-            lines = first.iter_lines()
-            next(line for line in lines if line.startswith("data:"))
-            with paused(server, "tiny"):  # the one slot stays busy: the next request must queue
-                queued = pool.submit(
-                    httpx.post, server.url + "/v1/completions", json={**body, "max_tokens": 2}, timeout=120
-                )
-                wait_for(lambda: health(server)["queue"]["waiting"] == 1, what="a queued request")
-                refused = httpx.post(server.url + "/v1/completions", json=body, timeout=10)
-                assert refused.status_code == 503 and "Retry-After" in refused.headers
-                assert refused.json()["error"]["code"] == "queue_full"
-            rest = [line for line in lines if line.startswith("data:")]
-            assert rest[-1] == "data: [DONE]"  # the running stream was never cut
-            finish = json.loads(rest[-2].removeprefix("data: "))["choices"][0]["finish_reason"]
+        wait_for(lambda: health(server)["models"]["tiny"]["state"] == "ready", what="the eager load")
+        with ThreadPoolExecutor(2) as pool, paused(server, "tiny"):
+            # The worker is stopped: the first request holds the one slot, the second must queue.
+            first = pool.submit(httpx.post, url, json=body, timeout=120)
+            wait_for(lambda: health(server)["models"]["tiny"]["busy"] == 1, what="the slot taken")
+            queued = pool.submit(httpx.post, url, json={**body, "max_tokens": 2}, timeout=120)
+            wait_for(lambda: health(server)["queue"]["waiting"] == 1, what="a queued request")
+            refused = httpx.post(url, json=body, timeout=10)
+            assert refused.status_code == 503 and "Retry-After" in refused.headers
+            assert refused.json()["error"]["code"] == "queue_full"
+        for answer in (first.result(120), queued.result(120)):
+            events = [line for line in answer.text.splitlines() if line.startswith("data:")]
+            assert answer.status_code == 200 and events[-1] == "data: [DONE]"  # served in turn, not cut
+            finish = json.loads(events[-2].removeprefix("data: "))["choices"][0]["finish_reason"]
             assert finish in ("stop", "length")
-            answer = queued.result(120)
-            assert answer.status_code == 200 and answer.text.endswith("data: [DONE]\n\n")
     finally:
         server.stop()
 
