@@ -31,10 +31,27 @@ node_modules/.installed: package.json package-lock.json
 	npm install --no-audit --no-fund --prefer-offline
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml
+# llama-cpp-python is built from source (PyPI has no Linux wheel) into a wheel directory of our own,
+# keyed by version and build flags, so a wheel built with other flags (pip's own cache keeps one per
+# source, whatever the flags) is never reused. On x86 the build leaves out llama.cpp's AMX kernels:
+# on CPUs with AMX (Sapphire Rapids and later) they segfault in the first decode of a Q4_K model
+# (llama.cpp issue 20824, reproduced here with Gemma 3 270M Q4_K_M); the AVX2/AVX-512 repacked
+# kernels run instead.
+LLAMA_CPP_VERSION := 0.3.36
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CPP_FLAGS := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+endif
+LLAMA_CPP_WHEELS := $(HOME)/.cache/llm-mesh/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)$(if $(LLAMA_CPP_FLAGS),-noamx)
+
+$(VENV)/.installed: pyproject.toml Makefile
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	@if ! ls $(LLAMA_CPP_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "setup: building llama-cpp-python $(LLAMA_CPP_VERSION) from source (~5 min on 2 cores, once)"; \
+	  CMAKE_ARGS='-DCMAKE_C_FLAGS="$(LLAMA_CPP_FLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_CPP_FLAGS)"' \
+	    $(VENV)/bin/pip wheel --quiet --no-deps --no-cache-dir llama-cpp-python==$(LLAMA_CPP_VERSION) -w $(LLAMA_CPP_WHEELS); \
+	fi
+	$(VENV)/bin/pip install --quiet --find-links $(LLAMA_CPP_WHEELS) -e '.[test]'
 	@touch $@
 
 # slither pins web3 6, the project needs web3 8: it gets a venv of its own.

@@ -89,12 +89,14 @@ def verdict(ok: bool) -> str:
 class ServerProcess:
     """A server on a free loopback port in its own process group, always stopped on exit."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], port: int, log: Path, *, read_stdout: bool = False) -> None:
         self.name, self.port, self.log = name, port, log
         self.url = f"http://127.0.0.1:{port}"
         self._log_file = log.open("wb")
+        # stdout is a pipe only when we read it (an unread pipe that fills up blocks the server).
+        stdout = subprocess.PIPE if read_stdout else self._log_file
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=self._log_file, start_new_session=True
+            cmd, cwd=ROOT, stdout=stdout, stderr=self._log_file, start_new_session=True
         )
 
     def fail(self, why: str) -> RuntimeError:
@@ -146,7 +148,7 @@ def start_node(path: Path, work: Path) -> ServerProcess:
     port = free_port()
     cmd = [sys.executable, "-m", "node.local", str(path), "--name", MODEL, "--port", str(port)]
     cmd += ["--threads", str(THREADS), "--slots", str(SLOTS), "--n-ctx", str(N_CTX)]
-    node = ServerProcess("the node (node.local)", cmd, port, work / "node.log")
+    node = ServerProcess("the node (node.local)", cmd, port, work / "node.log", read_stdout=True)
     try:
         node.wait_line("serving ", 60)
         node.wait_http("/health", 120, lambda h: h["models"][MODEL]["state"] == "ready")
@@ -693,6 +695,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4, help="repetitions (best throughput is kept)")
     args = parser.parse_args()
+    # SIGTERM (a timeout, Ctrl-C's cousin) unwinds like an exception, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     path = model_path()
     size = path.stat().st_size
     print(
