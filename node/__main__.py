@@ -1,6 +1,7 @@
 """The node daemon: `python -m node --config node.json` (or `llm-mesh-node`).
 
-Services start in order (chain view, model manager, workers, HTTP) and stop in reverse; SIGTERM and
+Services start in order (chain view, payments, model manager, workers, HTTP) and stop in reverse
+(so the settler settles after the last stream ended); SIGTERM and
 Ctrl-C stop it gracefully (running streams finish within the grace period); a service that fails
 stops the daemon with its reason and exit code 1.
 """
@@ -15,12 +16,17 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from eth_account.signers.local import LocalAccount
+
+from chain.accounts import load_account
+from chain.errors import ChainError
 from node.app import build_stack
 from node.chainview import ChainView
 from node.config import ConfigError, NodeConfig, default_config_path, load_config
 from node.models import ModelManager
 from node.server import HttpServer
 from node.service import ServiceError, run_services
+from node.settler import PaymentService
 from storage.blockstore import FileBlockStore
 
 log = logging.getLogger("node")
@@ -35,22 +41,50 @@ def listen_address(config: NodeConfig) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def node_account(config: NodeConfig) -> LocalAccount | None:
+    """The node's account from its keystore; payment needs one (ConfigError says so)."""
+    keystore = config.chain.keystore
+    if keystore is None:
+        if config.payments.enabled:
+            raise ConfigError(
+                "payments are on but the config names no keystore: set chain.keystore and "
+                "chain.password_file (configure_node.py --keystore ...), or payments.enabled false to "
+                "serve without payment"
+            )
+        return None
+    try:
+        return load_account(keystore=keystore, password_file=config.chain.password_file, dev_index=None)
+    except ChainError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def build_services(config: NodeConfig, config_path: Path) -> list:
     """The daemon's services in start order."""
+    account = node_account(config)
     blocks = FileBlockStore()
-    stack = build_stack(config.serving, config.node_id, blocks)
     chain = ChainView(
         config,
         config_path,
         confirmations=config.chain.confirmations,
         poll_interval=config.chain.poll_interval_s,
+        node_address=account.address if account is not None else None,
     )
+    payment = None
+    if config.payments.enabled and account is not None:
+        payment = PaymentService(chain, account, chain.state_dir, config.payments)
+    stack = build_stack(config.serving, config.node_id, blocks, payment.hooks if payment else None)
     models = ModelManager(
-        config, chain, on_change=stack.workers.update, blocks=blocks, kubo_api=config.ipfs_api
+        config,
+        chain,
+        on_change=stack.workers.update,
+        blocks=blocks,
+        kubo_api=config.ipfs_api,
+        account=account,
     )
     host, port = listen_address(config)
     http = HttpServer(stack.app, host, port, max_connections=config.serving.max_connections)
-    return [chain, models, stack.workers, http]
+    services = [chain, models, stack.workers, http]
+    return services if payment is None else [chain, payment, *services[1:]]
 
 
 async def serve(config: NodeConfig, config_path: Path) -> None:
@@ -76,6 +110,8 @@ def cli(argv: list[str] | None = None) -> None:
         sys.exit(f"llm-mesh-node: {exc}")
     try:
         asyncio.run(serve(config, path))
+    except ConfigError as exc:
+        sys.exit(f"llm-mesh-node: {exc}")
     except ServiceError as exc:
         log.error("event=node_stopped reason=%r", str(exc))
         sys.exit(f"llm-mesh-node: {exc}")

@@ -14,7 +14,7 @@ from node.config import ServingLimits
 from node.limits import BodyLimit, RequestLimit
 from node.metrics import Metrics
 from node.routes import router
-from node.serving import Serving
+from node.serving import PaymentHooks, Serving
 from node.workers import Workers
 from protocol.errors import ApiError
 from storage.blockstore import BlockStore
@@ -41,12 +41,17 @@ class Stack:
     app: ASGIApp
 
 
-def build_stack(limits: ServingLimits, node_id: str, blocks: BlockStore | None = None) -> Stack:
+def build_stack(
+    limits: ServingLimits,
+    node_id: str,
+    blocks: BlockStore | None = None,
+    payments: PaymentHooks | None = None,
+) -> Stack:
     """The serving objects and the app, wired together (the daemon, tests and benchmarks use this)."""
     workers = Workers(memory_budget=int(limits.memory_budget_gb * (1 << 30)), queue_size=limits.queue_size)
     metrics = Metrics(workers.health)
     workers.on_restart(lambda name: metrics.restarts.labels(name).inc())
-    serving = Serving(workers, limits, metrics)
+    serving = Serving(workers, limits, metrics, payments=payments)
     app = create_app(serving, workers, metrics, node_id=node_id, limits=limits, blocks=blocks)
     return Stack(workers, serving, metrics, app)
 
@@ -65,6 +70,7 @@ def create_app(
     app = FastAPI(title="llm-mesh node", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serving, app.state.workers, app.state.metrics = serving, workers, metrics
     app.state.node_id = node_id
+    app.state.payments = serving.payments
     app.state.build = llama_build()
     app.include_router(router)
     if blocks is not None:

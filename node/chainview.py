@@ -2,8 +2,9 @@
 
 `ChainView.start()` connects to the configured RPC, reads the deployment file (refused when it is
 for another chain or its contracts are not on this one) and loads the whole RegistryView.
-`run()` runs an EventWatcher over the ModelRegistry and NodeRegistry in a thread of its own; each
-event makes the view re-read the entry it names, there on the watcher thread, never in a request
+`run()` runs an EventWatcher over the ModelRegistry, NodeRegistry and Settlement in a thread of its
+own; each event makes the view (chain.registry's, or chain.escrow's for Settlement) re-read the
+entry it names, there on the watcher thread, never in a request
 path. Consumers subscribe with `add_listener` (called on that thread after every change) or read
 `registry.snapshot()` at any time. `stop()` ends the thread within one poll interval or RPC
 timeout.
@@ -37,6 +38,7 @@ from web3.exceptions import ContractLogicError
 from chain import rpc
 from chain.deployment import Deployment, contract_at, load_deployment
 from chain.errors import ChainError
+from chain.escrow import SETTLEMENT, EscrowView
 from chain.logs import kv as _kv
 from chain.redact import redact
 from chain.registry import Listener, RegistryView
@@ -83,6 +85,7 @@ class ChainView(Service):
         max_backoff: float = 30.0,
         rpc_timeout: float = 30.0,
         stop_timeout: float = 60.0,
+        node_address: str | None = None,
     ) -> None:
         """`config_path`: the file `config` was loaded from, which places the state directory
         (see the module doc; `state_dir` overrides it). `confirmations`: blocks an event must be
@@ -90,7 +93,8 @@ class ChainView(Service):
         `dev_confirmations` of the RPC's chain id);
         `poll_interval`: seconds between watcher polls; `initial_backoff` / `max_backoff`: the
         retry waits after RPC failures; `rpc_timeout`: per JSON-RPC request; `stop_timeout`: how
-        long `stop()` waits for the thread."""
+        long `stop()` waits for the thread; `node_address`: whose Settlement channels the escrow
+        view reads (the node's account; None: escrows only)."""
         self.config = config
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir(config, config_path)
         self.confirmations = confirmations
@@ -103,6 +107,8 @@ class ChainView(Service):
         self._w3: Web3 | None = None
         self._deployment: Deployment | None = None
         self._registry: RegistryView | None = None
+        self._escrow: EscrowView | None = None
+        self.node_address = node_address
         self._watcher: EventWatcher | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,6 +121,13 @@ class ChainView(Service):
         if self._registry is None:
             raise RuntimeError("ChainView.start() has not run")
         return self._registry
+
+    @property
+    def escrow(self) -> EscrowView:
+        """The escrow fold (after `start()`)."""
+        if self._escrow is None:
+            raise RuntimeError("ChainView.start() has not run")
+        return self._escrow
 
     @property
     def w3(self) -> Web3:
@@ -160,7 +173,7 @@ class ChainView(Service):
         chain_id = w3.eth.chain_id
         if self.confirmations is None:
             self.confirmations = dev_confirmations(chain_id)
-        for name in ("ModelRegistry", "NodeRegistry"):
+        for name in ("ModelRegistry", "NodeRegistry", "Settlement"):
             address = deployment.address_of(name)
             if not w3.eth.get_code(address):
                 raise ChainError(
@@ -172,13 +185,22 @@ class ChainView(Service):
         models = contract_at(w3, deployment, "ModelRegistry")
         nodes = contract_at(w3, deployment, "NodeRegistry")
         registry = RegistryView(models, nodes, confirmations=self.confirmations)
+        escrow = EscrowView(
+            contract_at(w3, deployment, "Settlement"),
+            self.node_address,
+            start_block=deployment.block_number,
+            confirmations=self.confirmations,
+            batch_size=self.batch_size,
+        )
         load_block = max(deployment.block_number, w3.eth.block_number - self.confirmations)
-        watcher = self._make_watcher(w3, registry, deployment, load_block + 1)
+        contracts = {**registry.contracts(), **escrow.contracts()}
+        watcher = self._make_watcher(w3, contracts, deployment, load_block + 1)
         # A state file from an earlier run may have processed more than the confirmed head (it ran
         # with fewer confirmations): the load must reflect at least what the watcher will skip.
         load_block = max(load_block, min(watcher.last_processed, w3.eth.block_number))
         try:
             registry.load(load_block)
+            escrow.load(load_block)
         except ContractLogicError as exc:
             raise ChainError(
                 f"reading the registries at {deployment.model_registry} / {deployment.node_registry} "
@@ -186,6 +208,7 @@ class ChainView(Service):
                 "(make contracts, redeploy)?"
             ) from exc
         self._w3, self._deployment, self._registry, self._watcher = w3, deployment, registry, watcher
+        self._escrow = escrow
         log.info(
             _kv(
                 "chainview.started",
@@ -200,7 +223,7 @@ class ChainView(Service):
         )
 
     def _make_watcher(
-        self, w3: Web3, registry: RegistryView, deployment: Deployment, start_block: int
+        self, w3: Web3, contracts: dict[str, Contract], deployment: Deployment, start_block: int
     ) -> EventWatcher:
         name = f"registry-{deployment.chain_id}-{deployment.model_registry.lower()}.json"
         path = self.state_dir / name
@@ -209,7 +232,7 @@ class ChainView(Service):
         def make() -> EventWatcher:
             return EventWatcher(
                 w3,
-                registry.contracts(),
+                contracts,
                 path,
                 start_block=start_block,
                 confirmations=self.confirmations,
@@ -278,10 +301,15 @@ class ChainView(Service):
     # ---------------------------------------------------------------- on the watcher thread
 
     def _on_event(self, event: ChainEvent) -> None:
-        self._retrying(lambda: self.registry.apply(event), f"{event.contract}.{event.event}")
+        what = f"{event.contract}.{event.event}"
+        if event.contract == SETTLEMENT:
+            self._retrying(lambda: self.escrow.apply(event), what)
+        else:
+            self._retrying(lambda: self.registry.apply(event), what)
 
     def _on_reorg(self, fork_block: int) -> None:
         self._retrying(lambda: self.registry.reload(fork_block), "reload")
+        self._retrying(lambda: self.escrow.load(self.escrow.confirmed_head()), "reload escrows")
 
     def _retrying(self, read: Callable[[], _T], what: str) -> _T | None:
         """`read()`, retried with backoff on RPC failures until it works or the view stops.

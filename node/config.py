@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chain.files import write_atomic
+from chain.units import parse_amount
 
 # The seeds' node requirements. CPU-only nodes are allowed (small models run well on CPUs), so the
 # GPU minimum is a warning, never a refusal.
@@ -139,6 +140,37 @@ class ServingLimits(BaseModel):
         return self
 
 
+class PaymentSettings(BaseModel):
+    """How the node admits, bills and settles paid requests (amounts in MESH, as text)."""
+
+    enabled: bool = True  # False: serve without payment (a private node)
+    # Unsigned usage (billed, not yet countersigned) one payer may run up: the node's exposure per
+    # payer that stops countersigning.
+    credit_limit: str = "0.01"
+    # What one payer may owe this node (countersigned but unpaid + unsigned + in flight) as a share
+    # of its escrow: the bound on what a payer spreading requests over many nodes can leave unpaid.
+    max_owed_fraction: float = Field(0.25, gt=0, le=1)
+    settle_interval_s: float = Field(60.0, gt=0, le=86_400)  # the oldest unsettled receipt waits at most this
+    settle_amount: str = "1"  # settle once this much is unsettled over all payers
+    settle_batch: int = Field(50, ge=1, le=500)  # receipts per settle transaction (and settle at this many)
+    receipt_ttl_s: int = Field(30 * 86_400, ge=3_600, le=365 * 86_400)  # receipt expiry from signing
+    max_auth_ttl_s: int = Field(600, ge=10, le=86_400)  # how far ahead an auth's deadline may be
+    rate_per_s: float = Field(20.0, gt=0, le=100_000)  # requests per second per payer
+    rate_burst: int = Field(40, ge=1, le=1_000_000)
+
+    @field_validator("credit_limit", "settle_amount")
+    @classmethod
+    def _amounts(cls, value: str) -> str:
+        parse_amount(value)  # AmountError (a ValueError) says what to write instead
+        return value
+
+    def credit_limit_units(self) -> int:
+        return parse_amount(self.credit_limit)
+
+    def settle_amount_units(self) -> int:
+        return parse_amount(self.settle_amount)
+
+
 class ChainSettings(BaseModel):
     """How the node reaches the chain and signs."""
 
@@ -182,6 +214,7 @@ class NodeConfig(BaseSettings):
     # Where the daemon listens; None: the endpoint's host and port (use 0.0.0.0 behind a public URL).
     listen: str | None = Field(None, max_length=256)
     serving: ServingLimits = Field(default_factory=ServingLimits)
+    payments: PaymentSettings = Field(default_factory=PaymentSettings)
 
     @field_validator("endpoint", "ipfs_api")
     @classmethod

@@ -123,6 +123,7 @@ class Piece:
     req_id: int
     text: str
     logprobs: tuple[LogprobEntry, ...] | None = None
+    tokens: int = 0  # completion tokens generated so far: what a request cut short is billed
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,22 @@ async def chat_completions(request: Request) -> Response:
     return await _serve(request, "chat")
 
 
+@router.post("/v1/receipts")
+async def receipts(request: Request) -> dict[str, Any]:
+    """A countersigned receipt, stored durably before this answer acknowledges it."""
+    payments = request.app.state.payments
+    if not hasattr(payments, "take_receipt"):
+        raise ApiError(404, "this node serves without payment and takes no receipts", code="not_found")
+    stored = await payments.take_receipt(await request.body())
+    r = stored.signed.receipt
+    return {
+        "stored": True,
+        "payer": r.payer,
+        "cumulative_tokens": str(r.cumulative_tokens),
+        "cumulative_amount": str(r.cumulative_amount),
+    }
+
+
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     state = request.app.state

@@ -1,8 +1,9 @@
 """One request's path: validate → admit → queue for a slot → stream tokens → usage.
 
-Routes hand a body here and get back a JSON answer or an event stream. Two hooks are where payment
-plugs in: `admit` runs before a request is queued (refuse with an ApiError), `settle` runs after it
-finished with its exact usage and may add fields to the final answer (a receipt).
+Routes hand a body here and get back a JSON answer or an event stream. Payment plugs in through
+three hooks (node.payments): `admit` runs before a request is queued (refuse with an ApiError),
+`finish` after it answered, with its exact completion tokens, and may add fields to the final
+answer (a receipt); `release` when it ended without an answer, with the tokens that were sent.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from node.config import ServingLimits
 from node.messages import Finished, Piece, Refused, Sampling, Started, Submit
@@ -48,18 +49,32 @@ class RequestContext:
     headers: dict[str, str]
     started: float = field(default_factory=time.monotonic)
     first_token: float | None = None
+    # Set before admission: the served model's registry id and price, the completion tokens allowed.
+    model_id: int = 0
+    price_per_1k: int = 0
+    max_tokens: int = 0
+    payment: Any = None  # what admission decided (node.payments.Admitted), until billed
 
 
-Admit = Callable[[RequestContext], Awaitable[None]]
-Settle = Callable[[RequestContext, Usage], Awaitable[dict[str, Any] | None]]
+class PaymentHooks(Protocol):
+    async def admit(self, ctx: RequestContext) -> None: ...
+
+    async def finish(self, ctx: RequestContext, tokens: int) -> dict[str, Any] | None: ...
+
+    async def release(self, ctx: RequestContext, tokens: int) -> None: ...
 
 
-async def _admit_all(ctx: RequestContext) -> None:
-    """Without payment every well-formed request is admitted."""
+class FreeAccess:
+    """No payment (node.local, tests): every well-formed request is admitted and nothing billed."""
 
+    async def admit(self, ctx: RequestContext) -> None:
+        return None
 
-async def _settle_nothing(ctx: RequestContext, usage: Usage) -> dict[str, Any] | None:
-    return None
+    async def finish(self, ctx: RequestContext, tokens: int) -> dict[str, Any] | None:
+        return None
+
+    async def release(self, ctx: RequestContext, tokens: int) -> None:
+        return None
 
 
 _CANCELLED = WorkerLost("the request was cancelled")
@@ -108,11 +123,10 @@ class Serving:
         limits: ServingLimits,
         metrics: Metrics,
         *,
-        admit: Admit = _admit_all,
-        settle: Settle = _settle_nothing,
+        payments: PaymentHooks | None = None,
     ) -> None:
         self.workers, self.limits, self.metrics = workers, limits, metrics
-        self.admit, self.settle = admit, settle
+        self.payments: PaymentHooks = payments or FreeAccess()
         self._templates: dict[tuple[str, str], ChatTemplate] = {}
 
     async def prepare(
@@ -135,9 +149,12 @@ class Serving:
         if model is None:
             raise self.workers.not_found(request.model)
         sampling = self._sampling(request)
-        await self.admit(ctx)
+        ctx.model_id, ctx.max_tokens = model.model_id, sampling.max_tokens
+        ctx.price_per_1k = getattr(model, "price_per_1k", 0)
+        await self.payments.admit(ctx)
         deadline = ctx.started + self.limits.request_timeout_s
         stack = AsyncExitStack()
+        stack.push_async_callback(lambda: self.payments.release(ctx, 0))  # unless billed before
         try:
             worker = await stack.enter_async_context(self.workers.lease(request.model, ctx.client, deadline))
             prompt, special = await self._prompt(request, worker)
@@ -227,13 +244,21 @@ class Stream:
         self.prompt_tokens = prompt_tokens
         self._stack = stack
         self.finished: Finished | None = None
+        self.sent_tokens = 0  # completion tokens of the text the client was sent
+
+    async def _release(self) -> None:
+        await self.serving.payments.release(self.ctx, self.sent_tokens)
 
     def cancel(self) -> None:
         """The client went away: free the slot now (the worker drops the sequence)."""
         self.job.cancel()
 
     async def close(self) -> None:
-        await self._stack.aclose()
+        """Free the slot; a request that ended without its answer is billed for what was sent."""
+        try:
+            await self._release()
+        finally:
+            await self._stack.aclose()
 
     async def pieces(self) -> AsyncIterator[Piece]:
         """The request's text as it is decoded; `finished` is set once it ended."""
@@ -284,7 +309,8 @@ class Stream:
             if logprobs is not None and piece.logprobs:
                 logprobs.extend(_logprobs(piece.logprobs))
         answer = envelope.response("".join(text), _finish(self.finished), self.usage(), logprobs)
-        extra = await self.serving.settle(self.ctx, self.usage())
+        self.sent_tokens = self.finished.completion_tokens if self.finished else 0
+        extra = await self.serving.payments.finish(self.ctx, self.sent_tokens)
         return {**answer, **(extra or {})}
 
     async def events(self) -> AsyncIterator[bytes]:
@@ -299,8 +325,11 @@ class Stream:
                 if piece.text or logprobs:
                     yield sse.event(envelope.chunk(piece.text, logprobs=logprobs, first=first))
                     first = False
+                    self.sent_tokens = piece.tokens
             final = envelope.chunk("", _finish(self.finished), first=first)
-            extra = await self.serving.settle(self.ctx, self.usage())
+            assert self.finished is not None
+            self.sent_tokens = self.finished.completion_tokens
+            extra = await self.serving.payments.finish(self.ctx, self.sent_tokens)
             yield sse.event({**final, **(extra or {})})
             if self.ctx.body.include_usage:
                 yield sse.event(envelope.usage_chunk(self.usage()))

@@ -383,7 +383,7 @@ class _Worker:
                     text += stream.flush()
                     finish = "stop" if stream.stopped else "length"
             if text or entry is not None:
-                events.append(Piece(req.req_id, text, None if entry is None else (entry,)))
+                events.append(Piece(req.req_id, text, None if entry is None else (entry,), req.n_completion))
             if finish is None:
                 lane.sched.accept(req.req_id, token)
             else:

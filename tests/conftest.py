@@ -119,6 +119,6 @@ def automine_off(chain_snapshot: Web3) -> Iterator[Web3]:
 
 # Fixtures defined beside: a marketplace with kubo daemons (market_fixtures), a real node server over
 # tiny models (node_fixtures), real kubo daemons, a gateway server and the real model (storage_fixtures).
-from tests.market_fixtures import net  # noqa: E402, F401
+from tests.market_fixtures import daemon_factory, net  # noqa: E402, F401
 from tests.node_fixtures import node_server, tiny_model  # noqa: E402, F401
 from tests.storage_fixtures import anyio_backend, gemma_model, gemma_sha256, kubo_bin, kubo_pair  # noqa: E402, F401

@@ -4,10 +4,18 @@ through the chain: publish a file to kubo, propose and approve it, register a no
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -20,7 +28,7 @@ from node.config import HostedModel, NodeConfig
 from storage.daemon import KuboDaemon, free_port
 from storage.kubo import KuboClient
 from storage.publish import PublishedFile, publish
-from tests.conftest import Marketplace
+from tests.conftest import ROOT, Marketplace
 from tests.gguf_models import write_tiny_llama
 
 OPERATOR = dev_account(1)
@@ -144,3 +152,87 @@ def node_config(net: Net, models: list[HostedModel], **chain: Any) -> NodeConfig
 def tiny(tmp: Path, name: str, seed: int) -> Path:
     """A tiny random-weight llama GGUF; another seed gives another file (another CID)."""
     return write_tiny_llama(tmp / f"{name}-{seed}.gguf", seed=seed, name=name)
+
+
+# ---------------------------------------------------------------- the node daemon as a process
+
+
+class Daemon:
+    """The node daemon as a child process, its log in a file."""
+
+    def __init__(self, net: Net, models: list[dict], **extra: object) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "node_id": "daemon-test",
+            "endpoint": self.url,
+            "hardware": {"cpu_cores": 2, "ram_gb": 8, "storage_gb": 100},
+            "models": models,
+            "chain": {
+                "rpc_url": net.rpc_url,
+                "deployment": str(net.deployment_file),
+                **{k: str(v) for k, v in keystore_files(net.tmp, OPERATOR).items()},
+                "poll_interval_s": 0.2,
+            },
+            "cache_dir": str(net.tmp / "cache"),
+            "cache_limit_gb": 1,
+            "ipfs_api": net.fetcher.api_url,
+            "payments": {"enabled": False},  # serving tests; test_node_payments turns it on
+            **extra,
+        }
+        self.config = net.tmp / "node.json"
+        self.config.write_text(json.dumps(config))
+        self.log = net.tmp / "node.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node", "--config", str(self.config)],
+            cwd=ROOT,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def until(self, check, timeout: float = 60.0, what: str = "condition"):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
+                )
+            try:
+                value = check()
+            except httpx.HTTPError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
+
+    def models(self) -> list[str]:
+        return [m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]]
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def daemon_factory(net: Net) -> Iterator:
+    started: list[Daemon] = []
+
+    def start(models: list[dict], **extra: object) -> Daemon:
+        started.append(Daemon(net, models, **extra))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            d.stop()

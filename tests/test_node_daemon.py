@@ -6,14 +6,11 @@ SIGTERM lets a running stream finish."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,89 +20,8 @@ import pytest
 
 from chain.views import model_info
 from storage.cid import Cid
-from storage.daemon import free_port
 from tests.conftest import ROOT
-from tests.market_fixtures import OPERATOR, Net, keystore_files, tiny
-
-
-class Daemon:
-    """The node daemon as a child process, its log in a file."""
-
-    def __init__(self, net: Net, models: list[dict], **extra: object) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = {
-            "node_id": "daemon-test",
-            "endpoint": self.url,
-            "hardware": {"cpu_cores": 2, "ram_gb": 8, "storage_gb": 100},
-            "models": models,
-            "chain": {
-                "rpc_url": net.rpc_url,
-                "deployment": str(net.deployment_file),
-                **{k: str(v) for k, v in keystore_files(net.tmp, OPERATOR).items()},
-                "poll_interval_s": 0.2,
-            },
-            "cache_dir": str(net.tmp / "cache"),
-            "cache_limit_gb": 1,
-            "ipfs_api": net.fetcher.api_url,
-            **extra,
-        }
-        self.config = net.tmp / "node.json"
-        self.config.write_text(json.dumps(config))
-        self.log = net.tmp / "node.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node", "--config", str(self.config)],
-            cwd=ROOT,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def until(self, check, timeout: float = 60.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
-                )
-            try:
-                value = check()
-            except httpx.HTTPError:
-                value = None
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
-
-    def models(self) -> list[str]:
-        return [m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]]
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
-@pytest.fixture
-def daemon_factory(net: Net) -> Iterator:
-    started: list[Daemon] = []
-
-    def start(models: list[dict], **extra: object) -> Daemon:
-        started.append(Daemon(net, models, **extra))
-        return started[-1]
-
-    try:
-        yield start
-    finally:
-        for d in started:
-            d.stop()
+from tests.market_fixtures import OPERATOR, Net, tiny
 
 
 def test_daemon_servesApprovedModel_hostsOnChain_unloadsDeprecated_stopsGracefully(

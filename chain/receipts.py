@@ -1,0 +1,166 @@
+"""`RequestAuth` and `UsageReceipt`: Settlement's EIP-712 structs as typed, signable objects.
+
+A payer signs a RequestAuth for every request (nobody else can spend its escrow) and countersigns
+the node's cumulative UsageReceipts; the node signs receipts too. Both sign under one `Domain`
+(chain id + Settlement address), so a signature made for another chain or contract never recovers
+to the signer here.
+
+Digests are computed straight from the type hashes: every field of both structs is a static
+32-byte word, so `hashStruct` is keccak(typeHash || words) and no EIP-712 document is built per
+request. The type strings come from the Settlement ABI (chain.eip712), and a test checks these
+digests against the contract's `hashReceipt` / `hashRequestAuth`. Signing and recovery go through
+eth-keys, on libsecp256k1 (coincurve) when it is installed: ~0.1 ms instead of ~2 ms in pure Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from functools import cached_property
+from typing import Any, ClassVar
+
+from eth_account.signers.local import LocalAccount
+from eth_keys import keys
+from eth_keys.exceptions import BadSignature, ValidationError
+from eth_utils import keccak, to_checksum_address
+
+from chain.eip712 import DOMAIN_NAME, DOMAIN_VERSION, SECP256K1_N, Signature, encode_type
+from chain.errors import ChainError
+
+_DOMAIN_TYPEHASH = keccak(
+    text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+)
+_UINT256_MAX = (1 << 256) - 1
+
+
+class SignatureError(ChainError):
+    """A signature that is malformed, malleable (high s) or recovers to nobody."""
+
+
+def _word(value: int | str) -> bytes:
+    if isinstance(value, str):  # an address
+        return bytes(12) + bytes.fromhex(value[2:])
+    return value.to_bytes(32, "big")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """Where signatures are valid: one chain id and one Settlement contract."""
+
+    chain_id: int
+    settlement: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settlement", to_checksum_address(self.settlement))
+
+    @cached_property
+    def separator(self) -> bytes:
+        return keccak(
+            _DOMAIN_TYPEHASH
+            + keccak(text=DOMAIN_NAME)
+            + keccak(text=DOMAIN_VERSION)
+            + _word(self.chain_id)
+            + _word(self.settlement)
+        )
+
+    def digest(self, struct_hash: bytes) -> bytes:
+        return keccak(b"\x19\x01" + self.separator + struct_hash)
+
+    def describe(self) -> str:
+        return f"chain {self.chain_id}, Settlement {self.settlement}"
+
+
+class _Struct:
+    """Shared by both structs: hash, sign and recover under a Domain."""
+
+    STRUCT: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.type == "str":
+                object.__setattr__(self, f.name, to_checksum_address(value))
+            elif isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _UINT256_MAX:
+                raise ChainError(f"{self.STRUCT}.{f.name} must be a uint256, got {value!r}")
+
+    @classmethod
+    def type_hash(cls) -> bytes:
+        return _type_hash(cls.STRUCT)
+
+    def struct_hash(self) -> bytes:
+        return keccak(self.type_hash() + b"".join(_word(v) for v in astuple(self)))  # type: ignore[call-overload]
+
+    def digest(self, domain: Domain) -> bytes:
+        return domain.digest(self.struct_hash())
+
+    def sign(self, account: LocalAccount, domain: Domain) -> Signature:
+        """Sign with a local account (low s, v in {27, 28}, as Settlement recovers it)."""
+        signed = account.unsafe_sign_hash(self.digest(domain))
+        return Signature(v=signed.v, r=signed.r.to_bytes(32, "big"), s=signed.s.to_bytes(32, "big"))
+
+    def signer(self, signature: Signature, domain: Domain) -> str:
+        """The address that signed this under `domain`; SignatureError when nobody did."""
+        return recover(self.digest(domain), signature)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The ABI tuple a contract call takes."""
+        return astuple(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class RequestAuth(_Struct):
+    """A payer's permission for one request to one node, with its price cap."""
+
+    STRUCT: ClassVar[str] = "RequestAuth"
+    payer: str
+    node: str
+    model_id: int
+    max_tokens: int
+    max_price_per_1k: int
+    nonce: int
+    deadline: int
+
+
+@dataclass(frozen=True)
+class UsageReceipt(_Struct):
+    """What a payer owes a node in total (cumulative per payer/node pair)."""
+
+    STRUCT: ClassVar[str] = "UsageReceipt"
+    payer: str
+    node: str
+    model_id: int
+    cumulative_tokens: int
+    cumulative_amount: int
+    expiry: int
+
+
+@dataclass(frozen=True)
+class SignedReceipt:
+    """A receipt with the payer's and the node's signatures, as Settlement.settle takes it."""
+
+    receipt: UsageReceipt
+    payer_sig: Signature
+    node_sig: Signature
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.receipt.as_tuple(), self.payer_sig.as_tuple(), self.node_sig.as_tuple())
+
+
+def recover(digest: bytes, signature: Signature) -> str:
+    """The signer of a 32-byte digest; refuses what Solidity's ECDSA.tryRecover refuses."""
+    r, s = int.from_bytes(signature.r, "big"), int.from_bytes(signature.s, "big")
+    if signature.v not in (27, 28) or not 0 < r < SECP256K1_N or not 0 < s <= SECP256K1_N // 2:
+        raise SignatureError("malformed or malleable signature (v must be 27/28, s in the lower half)")
+    try:
+        key = keys.Signature(vrs=(signature.v - 27, r, s)).recover_public_key_from_msg_hash(digest)
+    except (BadSignature, ValidationError) as exc:
+        raise SignatureError(f"the signature recovers to no key: {exc}") from None
+    return key.to_checksum_address()
+
+
+_TYPE_HASHES: dict[str, bytes] = {}
+
+
+def _type_hash(struct: str) -> bytes:
+    if struct not in _TYPE_HASHES:
+        _TYPE_HASHES[struct] = keccak(text=encode_type(struct))
+    return _TYPE_HASHES[struct]

@@ -1,0 +1,170 @@
+"""The paid node end to end: the daemon (`python -m node`) with payment on, against real Anvil, kubo
+and llama.cpp. A funded payer's signed requests are served and billed, the payer library checks
+and countersigns the receipts, forged / replayed / expired / other-chain / other-node auths are
+refused with their reason, and the receipts settle on chain at shutdown with the split exact."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+
+from chain.accounts import dev_account
+from chain.pricing import request_cost
+from chain.receipts import Domain, RequestAuth
+from chain.tx import TxSender
+from protocol.payer import Payer
+from protocol.payment import AUTH_HEADER, Billing, encode_auth, encode_signed_receipt, sign_auth
+from tests.market_fixtures import OPERATOR, STRANGER, Net, tiny
+
+PAYER = dev_account(4)
+DEPOSIT = 10**18  # 1 MESH
+PRICE = 10**15  # what Net.propose prices a model at, per 1K tokens
+
+
+def fund(net: Net, payer=PAYER, amount: int = DEPOSIT) -> None:
+    token = net.market.contract("NetworkToken")
+    settlement = net.market.contract("Settlement")
+    net.admin.send(token.functions.mint(payer.address, amount))
+    sender = TxSender(net.w3, payer)
+    sender.send(token.functions.approve(settlement.address, amount))
+    sender.send(settlement.functions.deposit(amount))
+
+
+def post(url: str, headers: dict[str, str], **body) -> httpx.Response:
+    payload = {"model": "tiny-coder", "prompt": "def fix", "max_tokens": 8, "temperature": 0, **body}
+    return httpx.post(url + "/v1/completions", json=payload, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def paid_node(net: Net, daemon_factory):
+    net.register(OPERATOR)
+    fund(net)
+    model_id = asyncio.run(net.publish("tiny-coder", tiny(net.tmp, "tiny-coder", seed=5)))
+    node = daemon_factory(
+        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}],
+        payments={"settle_interval_s": 3600},
+    )
+    node.until(
+        lambda: "tiny-coder" in node.models() and httpx.get(node.url + "/health").status_code == 200,
+        what="the paid node to serve",
+    )
+    domain = Domain(net.w3.eth.chain_id, net.deployment.settlement)
+    return node, model_id, domain
+
+
+def refusal(response: httpx.Response) -> tuple[int, str, str]:
+    error = response.json()["error"]
+    return response.status_code, error["code"], response.headers.get("x-should-retry", "")
+
+
+def test_paid_requests_are_billed_countersigned_and_settled_with_the_split(net: Net, paid_node) -> None:
+    node, model_id, domain = paid_node
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    operator = OPERATOR.address
+
+    # Without an auth: 401 that says how to pay, and not to retry.
+    assert refusal(post(node.url, {})) == (401, "payment_required", "false")
+
+    # A signed request is served and billed exactly; the payer countersigns the receipt.
+    nonce, headers = payer.authorize(operator, model_id, 8, PRICE)
+    answer = post(node.url, headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    billing = Billing.decode(body["llm_mesh"])
+    tokens = body["usage"]["completion_tokens"]
+    assert billing.request.tokens == tokens and billing.request.amount == request_cost(tokens, PRICE)
+    first = payer.accept(operator, nonce, billing, tokens)
+
+    # The same auth again is a replay.
+    assert refusal(post(node.url, headers))[:2] == (401, "nonce_reused")
+
+    # A stream: the receipt rides in the final chunk; the countersigned one travels in the header.
+    nonce, headers = payer.authorize(operator, model_id, 8, PRICE)
+    with httpx.stream(
+        "POST",
+        node.url + "/v1/completions",
+        json={
+            "model": "tiny-coder",
+            "prompt": "def add",
+            "max_tokens": 8,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        headers=headers,
+        timeout=60,
+    ) as response:
+        events = [json.loads(line[5:]) for line in response.iter_lines() if line.startswith("data: {")]
+    final = next(e for e in events if "llm_mesh" in e)
+    usage = next(e for e in events if e.get("usage"))["usage"]
+    second = payer.accept(operator, nonce, Billing.decode(final["llm_mesh"]), usage["completion_tokens"])
+    assert Billing.decode(final["llm_mesh"]).base == first  # the node stored the carried receipt
+    assert second.receipt.cumulative_tokens == tokens + usage["completion_tokens"]
+
+    # POST /v1/receipts stores it durably before answering.
+    stored = httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(second), timeout=10)
+    assert stored.status_code == 200 and stored.json()["cumulative_amount"] == str(
+        second.receipt.cumulative_amount
+    )
+
+    settlement = net.market.contract("Settlement")
+    before = settlement.functions.escrowOf(PAYER.address).call()[0]
+    assert node.stop() == 0  # graceful shutdown settles what is unpaid
+    amount = second.receipt.cumulative_amount
+    channel = settlement.functions.channelOf(PAYER.address, operator).call()
+    assert tuple(channel) == (amount, second.receipt.cumulative_tokens)
+    assert settlement.functions.escrowOf(PAYER.address).call()[0] == before - amount
+    split = settlement.functions.split(amount).call()
+    assert settlement.functions.earnings(operator).call() == split[0]
+    assert sum(split) == amount
+
+
+def test_bad_auths_are_refused_with_their_reason(net: Net, paid_node) -> None:
+    node, model_id, domain = paid_node
+    operator = OPERATOR.address
+    now = int(time.time())
+
+    def headers(auth: RequestAuth, signer=PAYER, sign_domain: Domain = domain) -> dict[str, str]:
+        return {AUTH_HEADER: encode_auth(sign_auth(auth, signer, sign_domain))}
+
+    good = RequestAuth(PAYER.address, operator, model_id, 8, PRICE, 1, now + 60)
+    other_chain = Domain(1, domain.settlement)
+    cases = [
+        (headers(good, signer=STRANGER), (401, "bad_signature")),  # forged: not the payer's key
+        (headers(good, sign_domain=other_chain), (401, "wrong_chain")),
+        (
+            headers(RequestAuth(PAYER.address, STRANGER.address, model_id, 8, PRICE, 2, now + 60)),
+            (403, "wrong_node"),
+        ),
+        (
+            headers(RequestAuth(PAYER.address, operator, model_id, 8, PRICE, 3, now - 5)),
+            (401, "auth_expired"),
+        ),
+        (
+            headers(RequestAuth(PAYER.address, operator, model_id + 1, 8, PRICE, 4, now + 60)),
+            (403, "wrong_model"),
+        ),
+        (
+            headers(RequestAuth(PAYER.address, operator, model_id, 4, PRICE, 5, now + 60)),
+            (403, "max_tokens_above_auth"),
+        ),
+        (
+            headers(RequestAuth(PAYER.address, operator, model_id, 8, PRICE - 1, 6, now + 60)),
+            (402, "price_above_cap"),
+        ),
+        (
+            headers(
+                RequestAuth(STRANGER.address, operator, model_id, 8, PRICE, 7, now + 60), signer=STRANGER
+            ),
+            (402, "no_escrow"),
+        ),
+    ]
+    for sent, expected in cases:
+        status, code, retry = refusal(post(node.url, sent))
+        assert (status, code) == expected
+        assert retry == "false"
+    # None of them was billed: the good auth still works.
+    assert post(node.url, headers(good)).status_code == 200
