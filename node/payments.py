@@ -428,6 +428,20 @@ class Payments:
             covered = seq
         return covered
 
+    def prune_nonces(self, margin_s: int = 60) -> int:
+        """Forget nonces whose auth expired (an expired auth is refused before its nonce is looked
+        at, so they can never be replayed); returns how many went."""
+        before = int(self.clock()) - margin_s
+        dropped = 0
+        for acct in self.accounts.values():
+            old = [n for n, deadline in acct.nonces.items() if deadline < before]
+            for nonce in old:
+                del acct.nonces[nonce]
+            dropped += len(old)
+        if dropped:
+            self.store.submit(self.store.prune_nonces(before))
+        return dropped
+
     def best_receipts(self) -> dict[str, SignedReceipt]:
         """The settler's view: each payer's countersigned receipt that is still open."""
         return {

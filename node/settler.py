@@ -46,6 +46,7 @@ from node.service import Service
 
 log = logging.getLogger(__name__)
 
+PRUNE_EVERY_S = 60.0  # expired nonces are forgotten this often
 RETRYABLE = {"InsufficientEscrow", "NodeNotPayable", "ReputationOverflow"}
 
 
@@ -112,10 +113,12 @@ class Settler(Service):
         last = time.monotonic()
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, last + interval - time.monotonic()))
+                wait = min(PRUNE_EVERY_S, max(0.0, last + interval - time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
             if self._stopping:
                 return
+            self.payments.prune_nonces()
             timed = time.monotonic() >= last + interval
             if timed:
                 last = time.monotonic()

@@ -168,3 +168,111 @@ def test_bad_auths_are_refused_with_their_reason(net: Net, paid_node) -> None:
         assert retry == "false"
     # None of them was billed: the good auth still works.
     assert post(node.url, headers(good)).status_code == 200
+
+
+def start_paid(net: Net, daemon_factory, funds=((PAYER, DEPOSIT),), **payments):
+    """A registered, serving paid node over one tiny model, its payers funded before it starts (so
+    no test races the watcher); (node, model id, domain)."""
+    net.register(OPERATOR)
+    for account, amount in funds:
+        fund(net, account, amount)
+    model_id = asyncio.run(net.publish("tiny-coder", tiny(net.tmp, "tiny-coder", seed=5)))
+    node = daemon_factory([{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments=payments)
+    node.until(lambda: "tiny-coder" in node.models(), what="the paid node to serve")
+    return node, model_id, Domain(net.w3.eth.chain_id, net.deployment.settlement)
+
+
+def served(node, payer: Payer, model_id: int, max_tokens: int = 8):
+    """One paid request; (response, countersigned receipt or None)."""
+    nonce, headers = payer.authorize(OPERATOR.address, model_id, max_tokens, PRICE)
+    response = post(node.url, headers, max_tokens=max_tokens)
+    if response.status_code != 200:
+        return response, None
+    billing = Billing.decode(response.json()["llm_mesh"])
+    return response, payer.accept(
+        OPERATOR.address, nonce, billing, response.json()["usage"]["completion_tokens"]
+    )
+
+
+def test_credit_limit_and_escrow_bound_what_a_payer_may_owe(net: Net, daemon_factory) -> None:
+    # One token costs 10^12; the credit limit (8.5 x 10^12) holds one request's worst case (8 x 10^12)
+    # but not that plus the first request's usage.
+    funds = ((PAYER, 10**16), (STRANGER, 10**13))
+    node, model_id, domain = start_paid(
+        net, daemon_factory, funds, credit_limit="0.0000085", settle_interval_s=3600
+    )
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    first, receipt = served(node, payer, model_id)
+    assert first.status_code == 200
+    # The payer keeps the receipt to itself: the next request would pass the credit limit.
+    _, headers = payer.authorize(OPERATOR.address, model_id, 8, PRICE)
+    headers.pop("x-llm-mesh-receipt", None)
+    assert refusal(post(node.url, headers))[:2] == (402, "credit_limit")
+    # Countersigned and sent back, the unsigned usage is gone and requests are admitted again.
+    assert (
+        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10).status_code
+        == 200
+    )
+    assert served(node, payer, model_id)[0].status_code == 200
+    # A request whose worst case passes the escrow is refused whatever the credit limit.
+    big = Payer(STRANGER, domain, price_of=lambda m: PRICE)
+    assert refusal(served(node, big, model_id, max_tokens=64)[0])[:2] == (402, "insufficient_escrow")
+
+
+def test_the_owed_cap_makes_the_node_settle_early(net: Net, daemon_factory) -> None:
+    # Escrow 10^14, cap 0.25 of it: two 8-token requests pass half the cap, so the node settles
+    # without waiting for its hour-long interval, and the payer is served again.
+    node, model_id, domain = start_paid(
+        net, daemon_factory, ((PAYER, 10**14),), settle_interval_s=3600, rate_per_s=1000, rate_burst=1000
+    )
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    settlement = net.market.contract("Settlement")
+    codes = []
+    for _ in range(6):
+        response, _ = served(node, payer, model_id)
+        codes.append(
+            response.status_code if response.status_code == 200 else response.json()["error"]["code"]
+        )
+    # Past half its cap the payer is settled early; past the whole cap it is told to wait.
+    assert set(codes) <= {200, "settlement_pending"} and codes[0] == 200
+    node.until(
+        lambda: settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0] > 0,
+        what="an early settlement",
+    )
+    node.until(lambda: served(node, payer, model_id)[0].status_code == 200, what="service after settling")
+
+
+def test_an_unlock_request_makes_the_node_settle_before_the_delay(net: Net, daemon_factory) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    assert served(node, payer, model_id)[0].status_code == 200
+    _, second = served(node, payer, model_id)  # carries the first countersigned: it is stored
+    assert (
+        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(second), timeout=10).status_code
+        == 200
+    )
+    settlement = net.market.contract("Settlement")
+    TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(DEPOSIT))
+    ready_at = settlement.functions.escrowOf(PAYER.address).call()[2]
+    node.until(
+        lambda: (
+            settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+            == second.receipt.cumulative_amount
+        ),
+        what="settlement after the unlock request",
+    )
+    assert net.w3.eth.get_block("latest")["timestamp"] < ready_at  # well before the delay ended
+    # After the delay (Anvil time travel) the payer withdraws what is left: the node was paid first.
+    net.w3.provider.make_request("evm_increaseTime", [settlement.functions.unlockDelay().call() + 1])
+    net.w3.provider.make_request("evm_mine", [])
+    TxSender(net.w3, PAYER).send(settlement.functions.withdraw())
+    assert settlement.functions.escrowOf(PAYER.address).call()[0] == 0
+
+
+def test_the_rate_limit_per_payer_answers_429_with_retry_after(net: Net, daemon_factory) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, rate_per_s=0.01, rate_burst=1)
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    assert served(node, payer, model_id)[0].status_code == 200
+    response, _ = served(node, payer, model_id)
+    assert refusal(response)[:2] == (429, "rate_limited")
+    assert int(response.headers["retry-after"]) >= 1
