@@ -56,9 +56,12 @@ HINTS: dict[str, str] = {
     "the delay",
     "NothingToWithdraw": "this account has no earnings yet; earnings arrive when receipts are settled",
     "ReceiptExpired": "the receipt expired before settlement; get a fresh receipt signed by the payer",
-    "InvalidPayerSignature": "the payer's signature does not match this receipt; have the payer re-sign it",
-    "InvalidNodeSignature": "the node's signature does not match; sign with the node's operator key "
-    "or submit from the node's address",
+    "InvalidPayerSignature": "the payer's signature does not match this receipt under this contract's "
+    "EIP-712 domain: a receipt signed for another chain id or Settlement address reads like this, as "
+    "does a wrong key; have the payer sign it for this chain and contract (eip712Domain())",
+    "InvalidNodeSignature": "the node's signature does not match under this contract's EIP-712 domain "
+    "(another chain id or Settlement address, or another key); sign with the node's operator key for "
+    "this chain and contract, or submit from the node's address",
     "StaleReceipt": "this receipt pays nothing new (alreadyPaid >= cumulativeAmount); drop it",
     "InconsistentTokens": "the receipt's token count is below what was already settled; drop it",
     "AmountOutOfRange": "the receipt amount is too large to settle; check the price and token count",

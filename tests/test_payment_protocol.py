@@ -272,3 +272,14 @@ def test_signed_receipt_json_round_trips():
     receipt = UsageReceipt(PAYER.address, NODE.address, 1, 5, 10, 2_000_000_000)
     signed = SignedReceipt(receipt, receipt.sign(PAYER, DOMAIN), receipt.sign(NODE, DOMAIN))
     assert decode_signed_receipt(encode_signed_receipt(signed)) == signed
+
+
+def test_a_rejected_payer_signature_hints_at_another_chain_or_contract():
+    from eth_abi import encode
+
+    from chain.revert import decode_revert, selector_table
+
+    selector = next(s for s, (_, e) in selector_table().items() if e["name"] == "InvalidPayerSignature")
+    error = decode_revert(selector + encode(["address"], [PAYER.address]))
+    assert error.name == "InvalidPayerSignature"
+    assert "another chain id or Settlement address" in str(error)
