@@ -73,6 +73,8 @@ def build_services(config: NodeConfig, config_path: Path) -> list:
     if config.payments.enabled and account is not None:
         payment = PaymentService(chain, account, chain.state_dir, config.payments)
     stack = build_stack(config.serving, config.node_id, blocks, payment.hooks if payment else None)
+    if payment is not None:
+        stack.metrics.watch_payments(payment.stats)
     models = ModelManager(
         config,
         chain,

@@ -39,6 +39,30 @@ class _LiveGauges(Collector):
         yield from (queued, busy, slots, loaded, rss)
 
 
+class _PaymentGauges(Collector):
+    """Receipts and unsettled amounts, read from the payment service when scraped."""
+
+    def __init__(self, stats: Callable[[], dict[str, float]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stats = self._stats()
+        if not stats:  # payment not started (or off)
+            return
+        yield GaugeMetricFamily(
+            "llm_mesh_receipts_stored", "Countersigned receipts stored", value=stats["stored"]
+        )
+        yield GaugeMetricFamily(
+            "llm_mesh_receipts_settled", "Receipts that landed on chain", value=stats["settled"]
+        )
+        yield GaugeMetricFamily(
+            "llm_mesh_receipts_rejected", "Receipts Settlement rejected", value=stats["rejected"]
+        )
+        yield GaugeMetricFamily(
+            "llm_mesh_unsettled_mesh", "Owed to this node and not paid yet, in MESH", value=stats["unsettled"]
+        )
+
+
 class Metrics:
     """Counters and histograms the serving path updates."""
 
@@ -66,6 +90,10 @@ class Metrics:
             "llm_mesh_worker_restarts", "Worker processes restarted", ["model"], registry=r
         )
         r.register(_LiveGauges(health))
+
+    def watch_payments(self, stats: Callable[[], dict[str, float]]) -> None:
+        """Report the payment service's receipt counts and unsettled amount."""
+        self.registry.register(_PaymentGauges(stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

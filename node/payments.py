@@ -134,6 +134,7 @@ class Payments:
         self.on_due = on_due  # asks the settler to settle a payer soon
         self.credit_limit = settings.credit_limit_units()
         self.accounts: dict[str, PayerAccount] = {}
+        self.receipts_stored = 0  # countersigned receipts stored since start
         store.bind_node(self.node)
         self._load()
 
@@ -391,6 +392,7 @@ class Payments:
         stored = StoredReceipt(signed, OPEN, "")
         await self.store.write(self.store.put_receipt(stored, covered))
         acct.receipt = stored
+        self.receipts_stored += 1
         acct.items = [(seq, item) for seq, item in acct.items if covered is None or seq > covered]
         log.info(
             _kv(

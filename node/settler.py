@@ -38,6 +38,7 @@ from chain.logs import kv as _kv
 from chain.receipts import Domain, SignedReceipt
 from chain.revert import RevertError, decode_revert
 from chain.tx import TxSender
+from chain.units import TOKEN_DECIMALS
 from chain.watcher import ChainEvent
 from node.config import PaymentSettings
 from node.payments import PaymentHooks, Payments
@@ -313,6 +314,19 @@ class PaymentService(Service):
     async def run(self) -> None:
         assert self.settler is not None
         await self.settler.run()
+
+    def stats(self) -> dict[str, float]:
+        """For /metrics: receipts stored, settled and rejected, and what is owed, in MESH."""
+        settler, payments = self.settler, self.hooks.target
+        if settler is None or payments is None:
+            return {}
+        owed = sum(payments.owed(payer) for payer in list(payments.accounts))
+        return {
+            "stored": payments.receipts_stored,
+            "settled": settler.settled_total,
+            "rejected": settler.rejected_total,
+            "unsettled": owed / 10**TOKEN_DECIMALS,
+        }
 
     async def stop(self) -> None:
         if self.settler is not None:

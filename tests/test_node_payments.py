@@ -110,6 +110,8 @@ def test_paid_requests_are_billed_countersigned_and_settled_with_the_split(net: 
         second.receipt.cumulative_amount
     )
 
+    metrics = httpx.get(node.url + "/metrics", timeout=10).text
+    assert "llm_mesh_receipts_stored 2.0" in metrics and "llm_mesh_receipts_settled 0.0" in metrics
     settlement = net.market.contract("Settlement")
     before = settlement.functions.escrowOf(PAYER.address).call()[0]
     assert node.stop() == 0  # graceful shutdown settles what is unpaid
