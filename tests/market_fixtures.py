@@ -134,7 +134,8 @@ def keystore_files(tmp: Path, account: LocalAccount) -> dict[str, Path]:
     password.write_text(PASSWORD + "\n")
     password.chmod(0o600)
     keystore = tmp / "node-keystore.json"
-    create_keystore(keystore, PASSWORD, bytes(account.key))
+    if not keystore.exists():  # a restarted daemon reuses its keystore
+        create_keystore(keystore, PASSWORD, bytes(account.key))
     return {"keystore": keystore, "password_file": password}
 
 

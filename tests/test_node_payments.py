@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import threading
 import time
 
 import httpx
@@ -278,3 +280,87 @@ def test_the_rate_limit_per_payer_answers_429_with_retry_after(net: Net, daemon_
     response, _ = served(node, payer, model_id)
     assert refusal(response)[:2] == (429, "rate_limited")
     assert int(response.headers["retry-after"]) >= 1
+
+
+# ---------------------------------------------------------------- kill -9 at the worst moments
+
+
+def settle_events(net: Net, payer: str) -> tuple[int, int]:
+    """(ReceiptSettled, ReceiptRejected) events for `payer` on the whole chain."""
+    settlement = net.market.contract("Settlement")
+    settled = settlement.events.ReceiptSettled.get_logs(from_block=0, argument_filters={"payer": payer})
+    rejected = settlement.events.ReceiptRejected.get_logs(from_block=0, argument_filters={"payer": payer})
+    return len(settled), len(rejected)
+
+
+def killed(node) -> None:
+    node.proc.kill()
+    node.proc.wait(10)
+
+
+def test_kill_9_while_storing_receipts_loses_none_acknowledged(net: Net, daemon_factory) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    acknowledged = 0  # the newest carried receipt a response came back with as its base
+    stop_after = 6
+    for i in range(40):
+        if i == stop_after:  # kill while the next request (carrying a receipt) is being stored
+            threading.Timer(0.01, killed, [node]).start()
+        try:
+            response, _ = served(node, payer, model_id)
+        except httpx.HTTPError:
+            break
+        if response.status_code != 200:
+            break
+        base = Billing.decode(response.json()["llm_mesh"]).base
+        if base is not None:
+            acknowledged = max(acknowledged, base.receipt.cumulative_amount)
+    node.proc.wait(10)
+    assert acknowledged > 0
+    # Restarted on the same store, the node settles at shutdown what it acknowledged, exactly once.
+    again = daemon_factory(
+        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
+    )
+    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
+    assert again.stop() == 0
+    settlement = net.market.contract("Settlement")
+    paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+    assert paid >= acknowledged
+    assert settlement.functions.escrowOf(PAYER.address).call()[0] == DEPOSIT - paid
+    assert settle_events(net, PAYER.address) == (1, 0)
+
+
+def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: Net, daemon_factory) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    served(node, payer, model_id)
+    _, receipt = served(node, payer, model_id)
+    assert (
+        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10).status_code
+        == 200
+    )
+    w3 = net.w3
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        node.proc.send_signal(signal.SIGTERM)  # shutdown settles: the transaction waits in the mempool
+        deadline = time.monotonic() + 30
+        while w3.eth.get_transaction_count(OPERATOR.address, "pending") == w3.eth.get_transaction_count(
+            OPERATOR.address, "latest"
+        ):
+            assert time.monotonic() < deadline, "the settle transaction never reached the mempool"
+            time.sleep(0.05)
+        killed(node)  # while the node waits for its receipt
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    settlement = net.market.contract("Settlement")
+    assert (
+        settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+        == receipt.receipt.cumulative_amount
+    )
+    again = daemon_factory(
+        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
+    )
+    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
+    assert again.stop() == 0
+    assert settle_events(net, PAYER.address) == (1, 0)  # reconciled from channelOf: not sent again
