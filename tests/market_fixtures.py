@@ -108,7 +108,9 @@ class Net:
             await asyncio.to_thread(self.approve, model_id)
         return model_id
 
-    def register(self, operator: LocalAccount, hosted: list[int] | None = None) -> None:
+    def register(
+        self, operator: LocalAccount, hosted: list[int] | None = None, node_id: str = "test-node"
+    ) -> None:
         """Mint stake to `operator`, stake it and register a node."""
         token = self.market.contract("NetworkToken")
         stake = self.nodes.functions.minStake().call()
@@ -117,7 +119,7 @@ class Net:
         sender.send(token.functions.approve(self.nodes.address, stake))
         sender.send(self.nodes.functions.stake(stake))
         endpoint = f"http://127.0.0.1:{free_port()}"
-        sender.send(self.nodes.functions.register("test-node", endpoint, '{"cpu_cores":2}', hosted or []))
+        sender.send(self.nodes.functions.register(node_id, endpoint, '{"cpu_cores":2}', hosted or []))
 
     def hosted_on_chain(self, operator: LocalAccount = OPERATOR) -> list[int]:
         return list(node_info(self.nodes, operator.address).hosted_models)

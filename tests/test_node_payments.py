@@ -16,7 +16,7 @@ import pytest
 
 from chain.accounts import dev_account
 from chain.pricing import request_cost
-from chain.receipts import Domain, RequestAuth
+from chain.receipts import Domain, RequestAuth, UsageReceipt
 from chain.tx import TxSender
 from protocol.payer import Payer
 from protocol.payment import AUTH_HEADER, Billing, encode_auth, encode_signed_receipt, sign_auth
@@ -364,3 +364,34 @@ def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: 
     again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
     assert again.stop() == 0
     assert settle_events(net, PAYER.address) == (1, 0)  # reconciled from channelOf: not sent again
+
+
+def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
+    net: Net, daemon_factory
+) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
+    served(node, payer, model_id)
+    _, receipt = served(node, payer, model_id)
+    assert (
+        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10).status_code
+        == 200
+    )
+    # Another node the payer also used settles first and leaves less than this receipt needs.
+    settlement = net.market.contract("Settlement")
+    net.register(STRANGER, node_id="other-node")
+    left = receipt.receipt.cumulative_amount // 2
+    drain = UsageReceipt(PAYER.address, STRANGER.address, model_id, 10**6, DEPOSIT - left, 2**40)
+    signed = (drain.as_tuple(), drain.sign(PAYER, domain).as_tuple(), drain.sign(STRANGER, domain).as_tuple())
+    TxSender(net.w3, STRANGER).send(settlement.functions.settle([signed]))
+    assert node.stop() == 0  # the shutdown settle is rejected (InsufficientEscrow): the receipt is kept
+    assert settle_events(net, PAYER.address) == (1, 1)  # the other node's settled, ours rejected
+    fund(net, amount=10**16)  # the payer tops up
+    again = daemon_factory(
+        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
+    )
+    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
+    assert again.stop() == 0
+    paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+    assert paid == receipt.receipt.cumulative_amount
+    assert settle_events(net, PAYER.address) == (2, 1)
