@@ -15,7 +15,7 @@ eth-keys, on libsecp256k1 (coincurve) when it is installed: ~0.1 ms instead of ~
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, ClassVar
 
 from eth_account.signers.local import LocalAccount
@@ -157,10 +157,6 @@ def recover(digest: bytes, signature: Signature) -> str:
     return key.to_checksum_address()
 
 
-_TYPE_HASHES: dict[str, bytes] = {}
-
-
+@cache
 def _type_hash(struct: str) -> bytes:
-    if struct not in _TYPE_HASHES:
-        _TYPE_HASHES[struct] = keccak(text=encode_type(struct))
-    return _TYPE_HASHES[struct]
+    return keccak(text=encode_type(struct))

@@ -458,7 +458,7 @@ class Payments:
         return acct.unsettled(self.escrow.payer(payer)) + acct.unsigned if acct else 0
 
 
-class PaymentHooks:
+class PaymentGate:
     """What serving and the routes hold from the start: the daemon's Payments once the chain view
     is up (node.settler.PaymentService sets `target`); until then paid requests wait in line with
     a 503 that says the node is starting."""

@@ -79,7 +79,6 @@ class ReceiptStore:
         self._queue: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_loop, name="receipt-store", daemon=True)
         self._thread.start()
-        self.commits = 0  # transactions committed (for the tests and the bench)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -233,7 +232,6 @@ class ReceiptStore:
                     db.execute("RELEASE one")
                     results.append((future, exc))
             db.execute("COMMIT")
-            self.commits += 1
         except sqlite3.Error as exc:  # the disk: nothing in the batch is durable
             log.error("event=store_commit_failed error=%r", exc)
             if db.in_transaction:

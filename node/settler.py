@@ -41,7 +41,7 @@ from chain.tx import TxSender
 from chain.units import TOKEN_DECIMALS
 from chain.watcher import ChainEvent
 from node.config import PaymentSettings
-from node.payments import PaymentHooks, Payments
+from node.payments import PaymentGate, Payments
 from node.receipts import DROPPED, SETTLED, ReceiptStore
 from node.service import Service
 
@@ -78,7 +78,6 @@ class Settler(Service):
         self._due: set[str] = set()
         self._retry_above: dict[str, int] = {}  # payer -> escrow balance a retry waits to exceed
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.transactions = 0  # settle transactions sent (tests, metrics)
         self.settled_total = 0  # receipts that landed
         self.rejected_total = 0
 
@@ -203,7 +202,6 @@ class Settler(Service):
     def _send(self, batch: list[SignedReceipt]) -> Outcome:
         call = self.settlement.functions.settle([s.as_tuple() for s in batch])
         receipt = self.sender.send(call)
-        self.transactions += 1
         outcome = Outcome([], {})
         for entry in self.settlement.events.ReceiptSettled().process_receipt(receipt, errors=DISCARD):
             outcome.settled.append(entry["args"]["payer"])
@@ -296,7 +294,7 @@ class PaymentService(Service):
 
     def __init__(self, chain: Any, account: LocalAccount, state_dir: Path, settings: PaymentSettings) -> None:
         self.chain, self.account, self.state_dir, self.settings = chain, account, state_dir, settings
-        self.hooks = PaymentHooks()
+        self.hooks = PaymentGate()
         self.settler: Settler | None = None
         self._store: ReceiptStore | None = None
 

@@ -198,6 +198,24 @@ def served(node, payer: Payer, model_id: int, max_tokens: int = 8):
     )
 
 
+def stored_receipt(node, payer: Payer, model_id: int):
+    """Two paid requests, the second's countersigned receipt sent back and stored; that receipt."""
+    assert served(node, payer, model_id)[0].status_code == 200
+    _, receipt = served(node, payer, model_id)
+    response = httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10)
+    assert response.status_code == 200
+    return receipt
+
+
+def restarted(daemon_factory):
+    """The paid node started again on the same config and store, once it serves."""
+    again = daemon_factory(
+        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
+    )
+    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
+    return again
+
+
 def test_credit_limit_and_escrow_bound_what_a_payer_may_owe(net: Net, daemon_factory) -> None:
     # One token costs 10^12; the credit limit (8.5 x 10^12) holds one request's worst case (8 x 10^12)
     # but not that plus the first request's usage.
@@ -248,13 +266,7 @@ def test_the_owed_cap_makes_the_node_settle_early(net: Net, daemon_factory) -> N
 
 def test_an_unlock_request_makes_the_node_settle_before_the_delay(net: Net, daemon_factory) -> None:
     node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
-    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
-    assert served(node, payer, model_id)[0].status_code == 200
-    _, second = served(node, payer, model_id)  # carries the first countersigned: it is stored
-    assert (
-        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(second), timeout=10).status_code
-        == 200
-    )
+    second = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
     settlement = net.market.contract("Settlement")
     TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(DEPOSIT))
     ready_at = settlement.functions.escrowOf(PAYER.address).call()[2]
@@ -318,11 +330,7 @@ def test_kill_9_while_storing_receipts_loses_none_acknowledged(net: Net, daemon_
     node.proc.wait(10)
     assert acknowledged > 0
     # Restarted on the same store, the node settles at shutdown what it acknowledged, exactly once.
-    again = daemon_factory(
-        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
-    )
-    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
-    assert again.stop() == 0
+    assert restarted(daemon_factory).stop() == 0
     settlement = net.market.contract("Settlement")
     paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
     assert paid >= acknowledged
@@ -332,13 +340,7 @@ def test_kill_9_while_storing_receipts_loses_none_acknowledged(net: Net, daemon_
 
 def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: Net, daemon_factory) -> None:
     node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
-    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
-    served(node, payer, model_id)
-    _, receipt = served(node, payer, model_id)
-    assert (
-        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10).status_code
-        == 200
-    )
+    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
     w3 = net.w3
     w3.provider.make_request("evm_setAutomine", [False])
     try:
@@ -358,11 +360,7 @@ def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: 
         settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
         == receipt.receipt.cumulative_amount
     )
-    again = daemon_factory(
-        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
-    )
-    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
-    assert again.stop() == 0
+    assert restarted(daemon_factory).stop() == 0
     assert settle_events(net, PAYER.address) == (1, 0)  # reconciled from channelOf: not sent again
 
 
@@ -370,13 +368,7 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     net: Net, daemon_factory
 ) -> None:
     node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
-    payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
-    served(node, payer, model_id)
-    _, receipt = served(node, payer, model_id)
-    assert (
-        httpx.post(node.url + "/v1/receipts", json=encode_signed_receipt(receipt), timeout=10).status_code
-        == 200
-    )
+    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
     # Another node the payer also used settles first and leaves less than this receipt needs.
     settlement = net.market.contract("Settlement")
     net.register(STRANGER, node_id="other-node")
@@ -387,11 +379,7 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     assert node.stop() == 0  # the shutdown settle is rejected (InsufficientEscrow): the receipt is kept
     assert settle_events(net, PAYER.address) == (1, 1)  # the other node's settled, ours rejected
     fund(net, amount=10**16)  # the payer tops up
-    again = daemon_factory(
-        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments={"settle_interval_s": 3600}
-    )
-    again.until(lambda: "tiny-coder" in again.models(), what="the restarted node")
-    assert again.stop() == 0
+    assert restarted(daemon_factory).stop() == 0
     paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
     assert paid == receipt.receipt.cumulative_amount
     assert settle_events(net, PAYER.address) == (2, 1)
