@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from chain.units import TOKEN_DECIMALS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _RATE_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000)
@@ -42,7 +44,7 @@ class _LiveGauges(Collector):
 class _PaymentGauges(Collector):
     """Receipts and unsettled amounts, read from the payment service when scraped."""
 
-    def __init__(self, stats: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -59,7 +61,9 @@ class _PaymentGauges(Collector):
             "llm_mesh_receipts_rejected", "Receipts Settlement rejected", value=stats["rejected"]
         )
         yield GaugeMetricFamily(
-            "llm_mesh_unsettled_mesh", "Owed to this node and not paid yet, in MESH", value=stats["unsettled"]
+            "llm_mesh_unsettled_mesh",
+            "Owed to this node and not paid yet, in MESH",
+            value=stats["unsettled"] / 10**TOKEN_DECIMALS,
         )
 
 
@@ -90,9 +94,11 @@ class Metrics:
             "llm_mesh_worker_restarts", "Worker processes restarted", ["model"], registry=r
         )
         r.register(_LiveGauges(health))
+        self.payment_stats: Callable[[], dict[str, int]] = dict  # empty: payment off
 
-    def watch_payments(self, stats: Callable[[], dict[str, float]]) -> None:
-        """Report the payment service's receipt counts and unsettled amount."""
+    def watch_payments(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Report the payment service's receipt counts and unsettled amount (here and in /health)."""
+        self.payment_stats = stats
         self.registry.register(_PaymentGauges(stats))
 
     def render(self) -> bytes:

@@ -71,13 +71,17 @@ async def health(request: Request) -> dict[str, Any]:
     state = request.app.state
     models = state.workers.health()
     failed = [name for name, m in models.items() if m["state"] == "failed"]
-    return {
+    answer = {
         "status": "degraded" if failed else "ok",
         "node_id": state.node_id,
         "models": models,
         "queue": {"waiting": state.workers.budget.waiting, "limit": state.workers.budget.limit},
         "llama_cpp": state.build,
     }
+    paid = state.metrics.payment_stats()
+    if paid:  # amounts as decimal strings of token base units, like every amount on the wire
+        answer["payments"] = {**paid, "unsettled": str(paid["unsettled"])}
+    return answer
 
 
 @router.get("/metrics")

@@ -38,7 +38,6 @@ from chain.logs import kv as _kv
 from chain.receipts import Domain, SignedReceipt
 from chain.revert import RevertError, decode_revert
 from chain.tx import TxSender
-from chain.units import TOKEN_DECIMALS
 from chain.watcher import ChainEvent
 from node.config import PaymentSettings
 from node.payments import PaymentGate, Payments
@@ -313,8 +312,9 @@ class PaymentService(Service):
         assert self.settler is not None
         await self.settler.run()
 
-    def stats(self) -> dict[str, float]:
-        """For /metrics: receipts stored, settled and rejected, and what is owed, in MESH."""
+    def stats(self) -> dict[str, int]:
+        """For /metrics and /health: receipts stored, settled and rejected, and what is owed (in
+        token base units); empty until payment started."""
         settler, payments = self.settler, self.hooks.target
         if settler is None or payments is None:
             return {}
@@ -323,7 +323,7 @@ class PaymentService(Service):
             "stored": payments.receipts_stored,
             "settled": settler.settled_total,
             "rejected": settler.rejected_total,
-            "unsettled": owed / 10**TOKEN_DECIMALS,
+            "unsettled": owed,
         }
 
     async def stop(self) -> None:

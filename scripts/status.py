@@ -1,9 +1,15 @@
-"""Show the network: models, nodes (stake, reputation), escrows and who earned what."""
+"""Show the network: models, nodes (stake, reputation), what each node has settled and is still
+owed, escrows and who earned what."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
 
 from chain.units import format_timestamp, format_token
 from chain.views import reputation_of, status_name
@@ -13,6 +19,11 @@ from scripts.common import Session, connect, parse_address, parser, run
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__, account=False)
     p.add_argument("--payer", action="append", default=[], help="also show this payer's escrow (repeatable)")
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="do not ask each node's endpoint (/health) what it is owed; show only the chain",
+    )
     return p
 
 
@@ -77,6 +88,55 @@ def nodes(session: Session) -> list[str]:
     return operators
 
 
+PROBE_TIMEOUT_S = 3.0
+PROBE_LIMIT = 1 << 20  # bytes of /health read from one endpoint: the endpoint is the operator's
+
+
+def probe(endpoint: str) -> dict[str, Any] | str:
+    """A node's own payment report (`payments` in its /health), or why it could not be read. Only
+    the node knows what it is owed: unsigned usage and unsettled receipts are off chain."""
+    try:
+        with httpx.stream("GET", endpoint.rstrip("/") + "/health", timeout=PROBE_TIMEOUT_S) as r:
+            if r.status_code != 200:
+                return f"/health answered {r.status_code}"
+            body = b""
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > PROBE_LIMIT:
+                    return "/health too large"
+        report = json.loads(body).get("payments")
+    except (httpx.HTTPError, ValueError):
+        return "unreachable"
+    except AttributeError:  # JSON, but not an object
+        return "/health unreadable"
+    if report is None:
+        return "payment off"
+    try:
+        return {key: int(report[key]) for key in ("unsettled", "stored", "settled", "rejected")}
+    except (KeyError, TypeError, ValueError):
+        return "/health unreadable"
+
+
+def payments(session: Session, operators: list[str], probe_nodes: bool) -> None:
+    """Per node: what the chain has paid for its receipts, and what the node says it is owed."""
+    infos = [session.node(op) for op in operators]
+    if probe_nodes:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            reports = list(pool.map(probe, [n.endpoint for n in infos]))
+    else:
+        reports = ["not asked"] * len(infos)
+    rows = []
+    for op, n, report in zip(operators, infos, reports, strict=True):
+        settled = format_token(reputation_of(session.nodes, op).volume_paid)
+        if isinstance(report, str):
+            rows.append((n.node_id, settled, report, "-", "-", "-"))
+        else:
+            counts = (report[key] for key in ("stored", "settled", "rejected"))
+            rows.append((n.node_id, settled, format_token(report["unsettled"]), *counts))
+    header = ("node", "settled", "unsettled", "receipts stored", "settled", "rejected")
+    table("payments (settled: paid on chain; the rest as each node reports it)", header, rows)
+
+
 def escrows(session: Session, extra: list[str]) -> None:
     deposits = session.settlement.events.EscrowDeposited().get_logs(
         from_block=session.deployment.block_number
@@ -119,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chain {d.chain_id} at block {session.w3.eth.block_number}; settlement {d.settlement}")
     models(session)
     operators = nodes(session)
+    payments(session, operators, not args.no_probe)
     escrows(session, args.payer)
     earnings(session, operators)
     return 0

@@ -109,16 +109,21 @@ class Net:
         return model_id
 
     def register(
-        self, operator: LocalAccount, hosted: list[int] | None = None, node_id: str = "test-node"
+        self,
+        operator: LocalAccount,
+        hosted: list[int] | None = None,
+        node_id: str = "test-node",
+        endpoint: str | None = None,
     ) -> None:
-        """Mint stake to `operator`, stake it and register a node."""
+        """Mint stake to `operator`, stake it and register a node (at a free, unused loopback
+        endpoint unless told one)."""
         token = self.market.contract("NetworkToken")
         stake = self.nodes.functions.minStake().call()
         self.admin.send(token.functions.mint(operator.address, stake))
         sender = TxSender(self.w3, operator)
         sender.send(token.functions.approve(self.nodes.address, stake))
         sender.send(self.nodes.functions.stake(stake))
-        endpoint = f"http://127.0.0.1:{free_port()}"
+        endpoint = endpoint or f"http://127.0.0.1:{free_port()}"
         sender.send(self.nodes.functions.register(node_id, endpoint, '{"cpu_cores":2}', hosted or []))
 
     def hosted_on_chain(self, operator: LocalAccount = OPERATOR) -> list[int]:
@@ -163,8 +168,8 @@ def tiny(tmp: Path, name: str, seed: int) -> Path:
 class Daemon:
     """The node daemon as a child process, its log in a file."""
 
-    def __init__(self, net: Net, models: list[dict], **extra: object) -> None:
-        self.port = free_port()
+    def __init__(self, net: Net, models: list[dict], port: int | None = None, **extra: object) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "node_id": "daemon-test",
@@ -230,8 +235,8 @@ class Daemon:
 def daemon_factory(net: Net) -> Iterator:
     started: list[Daemon] = []
 
-    def start(models: list[dict], **extra: object) -> Daemon:
-        started.append(Daemon(net, models, **extra))
+    def start(models: list[dict], port: int | None = None, **extra: object) -> Daemon:
+        started.append(Daemon(net, models, port, **extra))
         return started[-1]
 
     try:

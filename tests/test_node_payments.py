@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import threading
 import time
@@ -18,8 +19,11 @@ from chain.accounts import dev_account
 from chain.pricing import request_cost
 from chain.receipts import Domain, RequestAuth, UsageReceipt
 from chain.tx import TxSender
+from chain.units import format_token
 from protocol.payer import Payer
 from protocol.payment import AUTH_HEADER, Billing, encode_auth, encode_signed_receipt, sign_auth
+from scripts import status
+from storage.daemon import free_port
 from tests.market_fixtures import OPERATOR, STRANGER, Net, tiny
 
 PAYER = dev_account(4)
@@ -43,19 +47,7 @@ def post(url: str, headers: dict[str, str], **body) -> httpx.Response:
 
 @pytest.fixture
 def paid_node(net: Net, daemon_factory):
-    net.register(OPERATOR)
-    fund(net)
-    model_id = asyncio.run(net.publish("tiny-coder", tiny(net.tmp, "tiny-coder", seed=5)))
-    node = daemon_factory(
-        [{"name": "tiny-coder", "threads": 2, "n_ctx": 512}],
-        payments={"settle_interval_s": 3600},
-    )
-    node.until(
-        lambda: "tiny-coder" in node.models() and httpx.get(node.url + "/health").status_code == 200,
-        what="the paid node to serve",
-    )
-    domain = Domain(net.w3.eth.chain_id, net.deployment.settlement)
-    return node, model_id, domain
+    return start_paid(net, daemon_factory, settle_interval_s=3600)
 
 
 def refusal(response: httpx.Response) -> tuple[int, str, str]:
@@ -63,7 +55,18 @@ def refusal(response: httpx.Response) -> tuple[int, str, str]:
     return response.status_code, error["code"], response.headers.get("x-should-retry", "")
 
 
-def test_paid_requests_are_billed_countersigned_and_settled_with_the_split(net: Net, paid_node) -> None:
+def status_row(net: Net, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    """The node's row in the payments table of `scripts.status`."""
+    capsys.readouterr()
+    assert status.main(["--rpc-url", net.rpc_url, "--deployment", str(net.deployment_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("payments"))
+    return re.split(r"\s{2,}", lines[start + 2].strip())
+
+
+def test_paid_requests_are_billed_countersigned_and_settled_with_the_split(
+    net: Net, paid_node, capsys: pytest.CaptureFixture[str]
+) -> None:
     node, model_id, domain = paid_node
     payer = Payer(PAYER, domain, price_of=lambda m: PRICE)
     operator = OPERATOR.address
@@ -114,10 +117,13 @@ def test_paid_requests_are_billed_countersigned_and_settled_with_the_split(net: 
 
     metrics = httpx.get(node.url + "/metrics", timeout=10).text
     assert "llm_mesh_receipts_stored 2.0" in metrics and "llm_mesh_receipts_settled 0.0" in metrics
+    amount = second.receipt.cumulative_amount
+    # The status script asks the node (at its on-chain endpoint) what it is owed.
+    assert status_row(net, capsys) == ["test-node", "0 MESH", format_token(amount), "2", "0", "0"]
     settlement = net.market.contract("Settlement")
     before = settlement.functions.escrowOf(PAYER.address).call()[0]
     assert node.stop() == 0  # graceful shutdown settles what is unpaid
-    amount = second.receipt.cumulative_amount
+    assert status_row(net, capsys) == ["test-node", format_token(amount), "unreachable", "-", "-", "-"]
     channel = settlement.functions.channelOf(PAYER.address, operator).call()
     assert tuple(channel) == (amount, second.receipt.cumulative_tokens)
     assert settlement.functions.escrowOf(PAYER.address).call()[0] == before - amount
@@ -175,13 +181,14 @@ def test_bad_auths_are_refused_with_their_reason(net: Net, paid_node) -> None:
 
 
 def start_paid(net: Net, daemon_factory, funds=((PAYER, DEPOSIT),), **payments):
-    """A registered, serving paid node over one tiny model, its payers funded before it starts (so
-    no test races the watcher); (node, model id, domain)."""
-    net.register(OPERATOR)
+    """A registered, serving paid node over one tiny model (its on-chain endpoint is the daemon's),
+    its payers funded before it starts (so no test races the watcher); (node, model id, domain)."""
+    port = free_port()
+    net.register(OPERATOR, endpoint=f"http://127.0.0.1:{port}")
     for account, amount in funds:
         fund(net, account, amount)
     model_id = asyncio.run(net.publish("tiny-coder", tiny(net.tmp, "tiny-coder", seed=5)))
-    node = daemon_factory([{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], payments=payments)
+    node = daemon_factory([{"name": "tiny-coder", "threads": 2, "n_ctx": 512}], port=port, payments=payments)
     node.until(lambda: "tiny-coder" in node.models(), what="the paid node to serve")
     return node, model_id, Domain(net.w3.eth.chain_id, net.deployment.settlement)
 
