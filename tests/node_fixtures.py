@@ -62,12 +62,12 @@ class NodeServer:
         self.stop_event = asyncio.Event()
         stack = build_stack(self.limits, "test-node")
         self.workers, self.serving, self.metrics = stack.workers, stack.serving, stack.metrics
-        http = HttpServer(
+        self.http = HttpServer(
             stack.app, "127.0.0.1", self.port, max_connections=self.limits.max_connections, grace_s=5
         )
         self.workers.update(self._models)
         asyncio.get_running_loop().call_later(0, self._started.set)
-        await run_services([self.workers, http], self.stop_event)
+        await run_services([self.workers, self.http], self.stop_event)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)

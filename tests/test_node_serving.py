@@ -377,6 +377,23 @@ def test_idleConnectionsHeldOpen_doNotBlockOthers(node_server: NodeServer) -> No
             s.close()
 
 
+def test_acceptedConnections_haveNagleOff(node_server: NodeServer) -> None:
+    """A response goes out as headers then body: with Nagle on, the body waits for the client's
+    delayed ACK (40 ms per keep-alive request). Checked on the server's own accepted socket."""
+
+    def nodelay() -> list[int]:
+        connections = node_server.http._server.server_state.connections
+        return [
+            c.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            for c in connections
+        ]
+
+    with httpx.Client(base_url=node_server.url, timeout=10) as http:
+        assert http.get("/health").status_code == 200
+        flags = node_server.call(nodelay)
+    assert flags and all(flags), flags
+
+
 def test_memoryBudget_unloadsTheLeastRecentlyUsedIdleModel(tmp_path: Path) -> None:
     models = [
         servable(write_tiny_llama(tmp_path / f"{n}.gguf", seed=i), n, model_id=i + 1)
