@@ -5,9 +5,11 @@
   model, deadline, a nonce never seen, price cap), a countersigned receipt the payer carried, the
   per-payer rate limit, escrow coverage and the credit limit. A refusal is an ApiError in OpenAI's
   shape (401/402/403/429) that names the reason and the fix; those retrying cannot fix carry
-  `x-should-retry: false`. The nonce is stored durably before the request runs.
-- `finish(ctx, tokens)` after it answered: the request is billed (an item, stored durably) and the
-  node signs the payer's next cumulative receipt, returned as the answer's `llm_mesh` field.
+  `x-should-retry: false`. The nonce (with a carried receipt, in one transaction) is stored durably
+  before the request's first output; the write runs while the request waits for a slot.
+- `finish(ctx, tokens)` after it answered: the request is billed (an item, written behind the
+  answer: see `_bill`) and the node signs the payer's next cumulative receipt, returned as the
+  answer's `llm_mesh` field.
 - `release(ctx, tokens)` when it ended without an answer (client gone, worker lost): what was sent
   is billed all the same, without a receipt; the next receipt carries it.
 
@@ -20,11 +22,13 @@ credit limit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
 
@@ -56,6 +60,11 @@ log = logging.getLogger(__name__)
 ZERO = "0x" + "00" * 20
 
 
+def _log_failure(future: Future[Any]) -> None:
+    if future.exception() is not None:
+        log.error(_kv("payments.bill_write_failed", error=repr(future.exception())))
+
+
 def _refuse(status: int, code: str, message: str, *, retry_after: float | None = None) -> ApiError:
     return ApiError(status, message, code=code, retry=retry_after is not None, retry_after=retry_after)
 
@@ -69,6 +78,7 @@ class Admitted:
     model_id: int
     price: int
     worst: int
+    durable: asyncio.Future[Any]  # the nonce's store write
 
 
 @dataclass
@@ -99,6 +109,7 @@ class PayerAccount:
     nonces: dict[int, int] = field(default_factory=dict)  # nonce -> deadline
     in_flight: dict[str, int] = field(default_factory=dict)  # request id -> worst-case cost
     bucket: TokenBucket | None = None
+    last_signed: tuple[UsageReceipt, Signature] | None = None  # the receipt this node signed last
 
     @property
     def base(self) -> tuple[int, int]:
@@ -156,26 +167,36 @@ class Payments:
 
     # ---------------------------------------------------------------- admission
 
-    async def admit(self, ctx: RequestContext) -> None:
+    async def admit(self, ctx: RequestContext) -> asyncio.Future[Any]:
+        """Admit or refuse; the returned future resolves once the nonce (and a carried receipt)
+        is durable, which serving awaits before the request's first output."""
         signed = self._auth(ctx)
         auth = signed.auth
         acct = self._account(auth.payer)
         self._rate_limit(acct)
         carried = ctx.headers.get(RECEIPT_HEADER)
-        if carried:
-            await self.take_receipt(carried, payer=auth.payer)
+        taken = self._check_receipt(carried, payer=auth.payer)[1] if carried else None
         if auth.nonce in acct.nonces:
             raise _refuse(401, "nonce_reused", "this request auth's nonce was already used: sign a new auth")
         worst = request_cost(ctx.max_tokens, ctx.price_per_1k)
-        self._check_exposure(acct, worst)
+        if taken is not None:
+            self._keep_receipt(acct, *taken)  # it counts for the exposure check below
+        try:
+            self._check_exposure(acct, worst)
+        except ApiError:
+            if taken is not None:  # refused, but the receipt is kept all the same
+                await self.store.write(self.store.put_receipt(*taken))
+            raise
         acct.nonces[auth.nonce] = auth.deadline
         acct.in_flight[ctx.request_id] = worst
-        try:
-            await self.store.write(self.store.add_nonce(auth.payer, auth.nonce, auth.deadline))
-        except BaseException:
-            acct.in_flight.pop(ctx.request_id, None)
-            raise
-        ctx.payment = Admitted(auth.payer, auth.nonce, auth.model_id, ctx.price_per_1k, worst)
+        ops = [self.store.add_nonce(auth.payer, auth.nonce, auth.deadline)]
+        if taken is not None:
+            ops.append(self.store.put_receipt(*taken))
+        # One transaction for both; the writer commits in submission order, so every later write
+        # of this payer (its bill, a receipt) lands after this one.
+        durable = asyncio.wrap_future(self.store.submit(self.store.together(ops)))
+        ctx.payment = Admitted(auth.payer, auth.nonce, auth.model_id, ctx.price_per_1k, worst, durable)
+        return durable
 
     def _auth(self, ctx: RequestContext) -> SignedAuth:
         raw = ctx.headers.get(AUTH_HEADER)
@@ -317,7 +338,8 @@ class Payments:
         if admitted is None:
             return None
         acct = self._account(admitted.payer)
-        item = await self._bill(acct, ctx, admitted, tokens)
+        await admitted.durable
+        item = self._bill(acct, ctx, admitted, tokens)
         base_tokens, base_amount = acct.base
         receipt = UsageReceipt(
             payer=admitted.payer,
@@ -327,10 +349,12 @@ class Payments:
             cumulative_amount=base_amount + acct.unsigned,
             expiry=int(self.clock()) + self.settings.receipt_ttl_s,
         )
+        node_sig = receipt.sign(self.account, self.domain)
+        acct.last_signed = (receipt, node_sig)
         billing = Billing(
             request=item,
             receipt=receipt,
-            node_sig=receipt.sign(self.account, self.domain),
+            node_sig=node_sig,
             base=acct.receipt.signed if acct.receipt is not None else None,
             items=tuple(i for _, i in acct.items),
         )
@@ -342,13 +366,23 @@ class Payments:
         if admitted is None:
             return
         acct = self._account(admitted.payer)
+        try:
+            await admitted.durable
+        except Exception:  # the store failed; the request already failed with it
+            log.exception(_kv("payments.admit_write_failed", payer=admitted.payer))
         if tokens:
-            await self._bill(acct, ctx, admitted, tokens)
+            self._bill(acct, ctx, admitted, tokens)
         else:
             acct.in_flight.pop(ctx.request_id, None)
         ctx.payment = None
 
-    async def _bill(self, acct: PayerAccount, ctx: RequestContext, admitted: Admitted, tokens: int) -> Item:
+    def _bill(self, acct: PayerAccount, ctx: RequestContext, admitted: Admitted, tokens: int) -> Item:
+        """Add the request's item. Its write is lazy (node.receipts) and not awaited: the item is
+        this node's own claim, in a receipt this node signed, so kill -9 before it is durable can
+        only forget the bills of the last LAZY_S, and not even those once the payer returns their
+        countersigned receipt (the payer library does, with its next request). Nothing the node
+        acknowledged depends on it; what a payer never countersigns is bounded by the credit limit
+        either way."""
         item = Item(
             admitted.nonce, admitted.model_id, tokens, admitted.price, request_cost(tokens, admitted.price)
         )
@@ -357,13 +391,29 @@ class Payments:
         acct.items.append((seq, item))
         acct.in_flight.pop(ctx.request_id, None)
         ctx.payment = None  # billed once, whatever happens next
-        await self.store.write(self.store.add_item(acct.payer, seq, item))
+        op = self.store.add_item(acct.payer, seq, item)
+        self.store.submit(op, lazy=True).add_done_callback(_log_failure)
         return item
 
     # ---------------------------------------------------------------- countersigned receipts
 
-    async def take_receipt(self, raw: str | bytes | dict, *, payer: str | None = None) -> StoredReceipt:
-        """Check a countersigned receipt and store it durably (before the caller acknowledges it)."""
+    async def take_receipt(self, raw: str | bytes | dict) -> StoredReceipt:
+        """Check a countersigned receipt (POST /v1/receipts) and store it durably before the
+        caller acknowledges it."""
+        acct, taken = self._check_receipt(raw)
+        if taken is None:
+            assert acct.receipt is not None
+            return acct.receipt  # already held (or an older one): acknowledged again
+        await self.store.write(self.store.put_receipt(*taken))
+        self._keep_receipt(acct, *taken)
+        return taken[0]
+
+    def _check_receipt(
+        self, raw: str | bytes | dict, *, payer: str | None = None
+    ) -> tuple[PayerAccount, tuple[StoredReceipt, int | None] | None]:
+        """Check a countersigned receipt: its payer's account and the receipt to store with the
+        last item seq it covers (None when this node holds it or a newer one already). ApiError
+        400 when it is not good."""
         try:
             signed = decode_signed_receipt(raw)
         except PaymentFormatError as exc:
@@ -383,17 +433,20 @@ class Payments:
                 code="bad_receipt",
                 retry=False,
             )
-        self._check_signer(r, signed.node_sig, self.node, "node's (this node never signed it)")
-        self._check_signer(r, signed.payer_sig, r.payer, "payer's")
         acct = self._account(r.payer)
+        if acct.last_signed != (r, signed.node_sig):  # else: the very receipt this node just signed
+            self._check_signer(r, signed.node_sig, self.node, "node's (this node never signed it)")
+        self._check_signer(r, signed.payer_sig, r.payer, "payer's")
         if acct.receipt is not None and r.cumulative_amount <= acct.base[1]:
-            return acct.receipt  # already held (or an older one): acknowledged again
-        covered = self._covered(acct, r)
-        stored = StoredReceipt(signed, OPEN, "")
-        await self.store.write(self.store.put_receipt(stored, covered))
+            return acct, None
+        return acct, (StoredReceipt(signed, OPEN, ""), self._covered(acct, r))
+
+    def _keep_receipt(self, acct: PayerAccount, stored: StoredReceipt, covered: int | None) -> None:
+        """The memory side of storing a receipt: it becomes the payer's base, its items go."""
         acct.receipt = stored
         self.receipts_stored += 1
         acct.items = [(seq, item) for seq, item in acct.items if covered is None or seq > covered]
+        r = stored.signed.receipt
         log.info(
             _kv(
                 "payments.receipt_stored",
@@ -402,7 +455,6 @@ class Payments:
                 amount=r.cumulative_amount,
             )
         )
-        return stored
 
     def _check_signer(self, r: UsageReceipt, sig: Signature, expected: str, whose: str) -> None:
         try:
@@ -473,8 +525,8 @@ class PaymentGate:
             )
         return self.target
 
-    async def admit(self, ctx: RequestContext) -> None:
-        await self._payments().admit(ctx)
+    async def admit(self, ctx: RequestContext) -> asyncio.Future[Any]:
+        return await self._payments().admit(ctx)
 
     async def finish(self, ctx: RequestContext, tokens: int) -> dict[str, object] | None:
         return await self._payments().finish(ctx, tokens) if ctx.payment is not None else None

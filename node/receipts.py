@@ -3,7 +3,11 @@
 SQLite in WAL mode with synchronous=FULL: a commit returns only after the log is on disk, so what
 the node acknowledged survives kill -9 and power loss. Writes go through one writer thread that
 commits everything queued at that moment as one transaction (group commit: one fsync for many
-requests under load); callers await their write's future. Reads happen once, at start (`load`):
+requests under load); callers await their write's future. A write submitted `lazy` (a request's
+bill: nothing the node acknowledged depends on it) waits for the next commit, or at most
+`LAZY_S`: on a paid node nearly every bill rides with the next request's nonce, whose receipt
+usually covers it, so a paid request costs one fsync, not two (on a virtual disk an fsync also
+stalls the CPU, so the second one slowed every request on the machine). Reads happen once, at start (`load`):
 the payment code keeps the live state in memory and writes through.
 
 Tables: `nonces` (payer, nonce, deadline: pruned once the deadline passed, since an expired auth is
@@ -20,6 +24,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -66,6 +71,8 @@ class Loaded:
 
 
 _Op = Callable[[sqlite3.Connection], Any]
+_Entry = tuple[_Op, "Future[Any]", bool]  # (op, its future, lazy)
+LAZY_S = 0.5  # a lazy write is committed at most this long after it was submitted
 
 
 class ReceiptStore:
@@ -76,7 +83,7 @@ class ReceiptStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = self._connect()
         self._db.executescript(_SCHEMA)
-        self._queue: queue.SimpleQueue[tuple[_Op, Future[Any]] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Entry | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._write_loop, name="receipt-store", daemon=True)
         self._thread.start()
 
@@ -126,14 +133,20 @@ class ReceiptStore:
 
     # ---------------------------------------------------------------- writing
 
-    def submit(self, op: _Op) -> Future[Any]:
-        """Queue `op(connection)` for the next group commit; the future resolves once it is durable."""
+    def submit(self, op: _Op, *, lazy: bool = False) -> Future[Any]:
+        """Queue `op(connection)` for the next group commit (a lazy one: for the next commit, or
+        within LAZY_S); the future resolves once it is durable. Ops commit in submission order."""
         future: Future[Any] = Future()
-        self._queue.put((op, future))
+        self._queue.put((op, future, lazy))
         return future
 
     async def write(self, op: _Op) -> Any:
         return await asyncio.wrap_future(self.submit(op))
+
+    @staticmethod
+    def together(ops: list[_Op]) -> _Op:
+        """Several ops as one: they commit, or fail, together."""
+        return lambda db: [op(db) for op in ops]
 
     @staticmethod
     def add_nonce(payer: str, nonce: int, deadline: int) -> _Op:
@@ -201,28 +214,43 @@ class ReceiptStore:
         return lambda db: db.execute("DELETE FROM attempts WHERE id = ?", (attempt_id,))
 
     def _write_loop(self) -> None:
-        db = self._db
+        batch: list[_Entry] = []
+        due = 0.0  # when the lazy writes waiting in `batch` must be committed
         while True:
-            first = self._queue.get()
-            if first is None:
+            try:
+                entry = self._queue.get(timeout=max(0.0, due - time.monotonic()) if batch else None)
+            except queue.Empty:  # the lazy writes waited long enough
+                self._commit(self._db, batch)
+                batch = []
+                continue
+            closing = entry is None
+            if entry is not None:
+                if not batch:
+                    due = time.monotonic() + LAZY_S
+                batch.append(entry)
+                closing = self._drain(batch)
+            if batch and (closing or not all(lazy for _, _, lazy in batch)):
+                self._commit(self._db, batch)
+                batch = []
+            if closing:
                 return
-            batch = [first]
-            while True:  # everything queued meanwhile joins this transaction
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)
-                    break
-                batch.append(more)
-            self._commit(db, batch)
 
-    def _commit(self, db: sqlite3.Connection, batch: list[tuple[_Op, Future[Any]]]) -> None:
+    def _drain(self, batch: list[_Entry]) -> bool:
+        """Everything queued meanwhile joins this transaction; True when close() came."""
+        while True:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if more is None:
+                return True
+            batch.append(more)
+
+    def _commit(self, db: sqlite3.Connection, batch: list[_Entry]) -> None:
         results: list[tuple[Future[Any], Any]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            for op, future in batch:
+            for op, future, _ in batch:
                 try:
                     db.execute("SAVEPOINT one")
                     results.append((future, op(db)))
@@ -236,7 +264,7 @@ class ReceiptStore:
             log.error("event=store_commit_failed error=%r", exc)
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            for _, future in batch:
+            for _, future, _ in batch:
                 future.set_exception(exc)
             return
         for future, result in results:

@@ -1,9 +1,11 @@
 """One request's path: validate → admit → queue for a slot → stream tokens → usage.
 
 Routes hand a body here and get back a JSON answer or an event stream. Payment plugs in through
-three hooks (node.payments): `admit` runs before a request is queued (refuse with an ApiError),
-`finish` after it answered, with its exact completion tokens, and may add fields to the final
-answer (a receipt); `release` when it ended without an answer, with the tokens that were sent.
+three hooks (node.payments): `admit` runs before a request is queued (refuse with an ApiError)
+and may hand back an awaitable that must complete before the request's first output (its durable
+write, which so overlaps the wait for a slot and the prefill); `finish` after it answered, with
+its exact completion tokens, and may add fields to the final answer (a receipt); `release` when
+it ended without an answer, with the tokens that were sent.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -57,7 +59,7 @@ class RequestContext:
 
 
 class PaymentHooks(Protocol):
-    async def admit(self, ctx: RequestContext) -> None: ...
+    async def admit(self, ctx: RequestContext) -> Awaitable[Any] | None: ...
 
     async def finish(self, ctx: RequestContext, tokens: int) -> dict[str, Any] | None: ...
 
@@ -67,7 +69,7 @@ class PaymentHooks(Protocol):
 class FreeAccess:
     """No payment (node.local, tests): every well-formed request is admitted and nothing billed."""
 
-    async def admit(self, ctx: RequestContext) -> None:
+    async def admit(self, ctx: RequestContext) -> Awaitable[Any] | None:
         return None
 
     async def finish(self, ctx: RequestContext, tokens: int) -> dict[str, Any] | None:
@@ -151,7 +153,7 @@ class Serving:
         sampling = self._sampling(request)
         ctx.model_id, ctx.max_tokens = model.model_id, sampling.max_tokens
         ctx.price_per_1k = getattr(model, "price_per_1k", 0)
-        await self.payments.admit(ctx)
+        durable = await self.payments.admit(ctx)
         deadline = ctx.started + self.limits.request_timeout_s
         stack = AsyncExitStack()
         stack.push_async_callback(lambda: self.payments.release(ctx, 0))  # unless billed before
@@ -166,6 +168,8 @@ class Serving:
                 param = "messages" if ctx.endpoint == "chat" and started.param == "prompt" else started.param
                 raise ApiError(400, started.message, param=param, code="context_length_exceeded")
             assert isinstance(started, Started), started
+            if durable is not None:
+                await durable
         except BaseException:
             await stack.aclose()
             raise

@@ -30,10 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import to_checksum_address
 
 from chain.pricing import request_cost
-from chain.receipts import Domain, RequestAuth, SignatureError, SignedReceipt, UsageReceipt
+from chain.receipts import Domain, RequestAuth, SignatureError, SignedReceipt, UsageReceipt, checksum_address
 from protocol.payment import (
     AUTH_HEADER,
     RECEIPT_HEADER,
@@ -95,7 +94,7 @@ class Payer:
         self._ledgers: dict[str, NodeLedger] = {}
 
     def ledger(self, node: str) -> NodeLedger:
-        node = to_checksum_address(node)
+        node = checksum_address(node)
         return self._ledgers.setdefault(node, NodeLedger(node))
 
     def authorize(

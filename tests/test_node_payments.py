@@ -376,13 +376,8 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
 ) -> None:
     node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
     receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
-    # Another node the payer also used settles first and leaves less than this receipt needs.
+    drain_escrow(net, domain, model_id, leave=receipt.receipt.cumulative_amount // 2)
     settlement = net.market.contract("Settlement")
-    net.register(STRANGER, node_id="other-node")
-    left = receipt.receipt.cumulative_amount // 2
-    drain = UsageReceipt(PAYER.address, STRANGER.address, model_id, 10**6, DEPOSIT - left, 2**40)
-    signed = (drain.as_tuple(), drain.sign(PAYER, domain).as_tuple(), drain.sign(STRANGER, domain).as_tuple())
-    TxSender(net.w3, STRANGER).send(settlement.functions.settle([signed]))
     assert node.stop() == 0  # the shutdown settle is rejected (InsufficientEscrow): the receipt is kept
     assert settle_events(net, PAYER.address) == (1, 1)  # the other node's settled, ours rejected
     fund(net, amount=10**16)  # the payer tops up
@@ -390,3 +385,52 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
     assert paid == receipt.receipt.cumulative_amount
     assert settle_events(net, PAYER.address) == (2, 1)
+
+
+def drain_escrow(net: Net, domain: Domain, model_id: int, leave: int) -> None:
+    """Another node the payer also used settles first and leaves `leave` in the escrow."""
+    settlement = net.market.contract("Settlement")
+    net.register(STRANGER, node_id="other-node")
+    drain = UsageReceipt(PAYER.address, STRANGER.address, model_id, 10**6, DEPOSIT - leave, 2**40)
+    signed = (drain.as_tuple(), drain.sign(PAYER, domain).as_tuple(), drain.sign(STRANGER, domain).as_tuple())
+    TxSender(net.w3, STRANGER).send(settlement.functions.settle([signed]))
+
+
+def test_a_rejected_receipt_is_retried_in_the_same_run_once_the_payer_tops_up(
+    net: Net, daemon_factory
+) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
+    drain_escrow(net, domain, model_id, leave=receipt.receipt.cumulative_amount // 2)
+    settlement = net.market.contract("Settlement")
+    # An unlock request makes the node settle now: rejected, the escrow is short.
+    TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(1))
+    node.until(lambda: settle_events(net, PAYER.address) == (1, 1), what="the rejected settle")
+    fund(net, amount=10**16)  # the top-up wakes the node, which sends the kept receipt again
+    node.until(
+        lambda: (
+            settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+            == receipt.receipt.cumulative_amount
+        ),
+        what="the retried settle",
+    )
+    # One rejection in all: the node did not resend while the escrow stayed short.
+    assert settle_events(net, PAYER.address) == (2, 1)
+    assert node.stop() == 0
+
+
+def test_a_receipt_that_can_never_pay_is_dropped_and_never_sent_again(net: Net, daemon_factory) -> None:
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
+    # Past its expiry (Anvil time travel), the chain refuses the receipt for good.
+    now = net.w3.eth.get_block("latest")["timestamp"]
+    net.w3.provider.make_request("evm_increaseTime", [receipt.receipt.expiry - now + 60])
+    net.w3.provider.make_request("evm_mine", [])
+    assert node.stop() == 0  # the shutdown settle is rejected: ReceiptExpired
+    assert settle_events(net, PAYER.address) == (0, 1)
+    assert "ReceiptExpired" in node.log.read_text()
+    assert restarted(daemon_factory).stop() == 0  # restarted, it has nothing left to settle
+    assert settle_events(net, PAYER.address) == (0, 1)
+    assert (
+        net.market.contract("Settlement").functions.channelOf(PAYER.address, OPERATOR.address).call()[0] == 0
+    )
