@@ -446,15 +446,10 @@ class Payments:
         acct.receipt = stored
         self.receipts_stored += 1
         acct.items = [(seq, item) for seq, item in acct.items if covered is None or seq > covered]
-        r = stored.signed.receipt
-        log.info(
-            _kv(
-                "payments.receipt_stored",
-                payer=r.payer,
-                tokens=r.cumulative_tokens,
-                amount=r.cumulative_amount,
-            )
-        )
+        if log.isEnabledFor(logging.DEBUG):  # one per paid request: only when asked for
+            r = stored.signed.receipt
+            fields = {"payer": r.payer, "tokens": r.cumulative_tokens, "amount": r.cumulative_amount}
+            log.debug(_kv("payments.receipt_stored", **fields))
 
     def _check_signer(self, r: UsageReceipt, sig: Signature, expected: str, whose: str) -> None:
         try:
