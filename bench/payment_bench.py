@@ -4,14 +4,16 @@ the chain calls in the request path, measured side by side in one run.
 A real Anvil with the contracts deployed, a model approved on chain at 0.001 MESH per 1K tokens, a
 registered node (dev account 1) and four payers (dev accounts 4-7) with escrow. The node side runs
 in its own process (`--serve`, client and server never share a GIL): two stacks over the same tiny
-GGUF model, one with payment off and one with payment on (node.payments over a real SQLite receipt
-store, the escrow view loaded from the chain, the settler). The client alternates a free and a paid
+GGUF model (one llama.cpp thread each: the tiny model needs no more, and the client keeps a core),
+one with payment off and one with payment on (node.payments over a real SQLite receipt store, the
+escrow view loaded from the chain, the settler). The client alternates a free and a paid
 request (8 tokens, temperature 0), cycling over the payers, each paid request carrying the payer's
 countersigned receipt for the one before, as the payer library does.
 
 - latency: p50/p99 of the paid request vs the free one, timed from sending to the whole answer;
-  goal < 1 ms added at p50. The payer's own work (signing the auth, checking and countersigning
-  the receipt) happens outside the timed span and is reported beside it.
+  goal < 1 ms added at p50. Beside it, the node side's own split (admission, the wait for the
+  nonce's write before the first output, billing with the signed receipt) and the payer's work
+  (signing the auth, checking and countersigning the receipt), which is outside the timed span.
 - RPC calls the node side made while the requests ran (its web3 provider counts them): goal 0.
 - gas per request settled: after 1,000 paid requests per payer, the node settles every payer's
   best receipt; the settle transaction's gasUsed / paid requests; goal <= 100. The amounts each
@@ -117,11 +119,12 @@ class TimedGate:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Both stacks until stdin closes; answers `rpc` and `settle` lines on stdout."""
+    """Both stacks until stdin closes; answers `rpc`, `spent` and `settle` lines on stdout."""
     asyncio.run(_serve(args))
 
 
 async def _serve(args: argparse.Namespace) -> None:
+    # Imported here: the client process never loads the node (or llama.cpp).
     from chain.escrow import EscrowView
     from node.app import build_stack
     from node.config import HostedModel, PaymentSettings, ServingLimits
