@@ -371,12 +371,23 @@ def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: 
     assert settle_events(net, PAYER.address) == (1, 0)  # reconciled from channelOf: not sent again
 
 
+def short_escrow(net: Net, daemon_factory):
+    """A paid node holding a countersigned receipt the payer's escrow no longer covers: another
+    node the payer also used settled first and left half of it; (node, receipt)."""
+    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
+    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
+    net.register(STRANGER, node_id="other-node")
+    leave = receipt.receipt.cumulative_amount // 2
+    drain = UsageReceipt(PAYER.address, STRANGER.address, model_id, 10**6, DEPOSIT - leave, 2**40)
+    signed = (drain.as_tuple(), drain.sign(PAYER, domain).as_tuple(), drain.sign(STRANGER, domain).as_tuple())
+    TxSender(net.w3, STRANGER).send(net.market.contract("Settlement").functions.settle([signed]))
+    return node, receipt
+
+
 def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     net: Net, daemon_factory
 ) -> None:
-    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
-    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
-    drain_escrow(net, domain, model_id, leave=receipt.receipt.cumulative_amount // 2)
+    node, receipt = short_escrow(net, daemon_factory)
     settlement = net.market.contract("Settlement")
     assert node.stop() == 0  # the shutdown settle is rejected (InsufficientEscrow): the receipt is kept
     assert settle_events(net, PAYER.address) == (1, 1)  # the other node's settled, ours rejected
@@ -387,21 +398,10 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     assert settle_events(net, PAYER.address) == (2, 1)
 
 
-def drain_escrow(net: Net, domain: Domain, model_id: int, leave: int) -> None:
-    """Another node the payer also used settles first and leaves `leave` in the escrow."""
-    settlement = net.market.contract("Settlement")
-    net.register(STRANGER, node_id="other-node")
-    drain = UsageReceipt(PAYER.address, STRANGER.address, model_id, 10**6, DEPOSIT - leave, 2**40)
-    signed = (drain.as_tuple(), drain.sign(PAYER, domain).as_tuple(), drain.sign(STRANGER, domain).as_tuple())
-    TxSender(net.w3, STRANGER).send(settlement.functions.settle([signed]))
-
-
 def test_a_rejected_receipt_is_retried_in_the_same_run_once_the_payer_tops_up(
     net: Net, daemon_factory
 ) -> None:
-    node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
-    receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
-    drain_escrow(net, domain, model_id, leave=receipt.receipt.cumulative_amount // 2)
+    node, receipt = short_escrow(net, daemon_factory)
     settlement = net.market.contract("Settlement")
     # An unlock request makes the node settle now: rejected, the escrow is short.
     TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(1))
