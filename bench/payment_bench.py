@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import statistics
 import subprocess
@@ -57,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 REQUESTS_PER_PAYER, WARMUP, TOKENS = 1_000, 20, 8
 PRICE = 10**15  # per 1K tokens: 0.001 MESH
-DEPOSIT = 10**18
+DEPOSIT = "1"  # MESH of escrow per payer
 OPERATOR, PAYERS = 1, (4, 5, 6, 7)
 MODEL = "tiny-coder"
 LATENCY_GOAL_MS, GAS_GOAL = 1.0, 100
@@ -184,13 +186,18 @@ def _commands(
 # ---------------------------------------------------------------- the chain
 
 
-def setup_chain(w3: Web3, deployment: Deployment, model: Path) -> int:
-    """Approve the model at PRICE, register the node with its stake, give every payer escrow; the
-    model id."""
+def setup_chain(w3: Web3, deployment: Deployment, deployment_file: Path, model: Path) -> int:
+    """Approve the model at PRICE, register the node with its stake, give every payer escrow (with
+    the operator's and the payer's own scripts where they exist); the model id."""
+    from scripts import approve_model, deposit
+    from scripts.devnet import fund
+
+    fund(w3, deployment)  # MESH for every dev account
+    chain = ["--rpc-url", str(w3.provider.endpoint_uri), "--deployment", str(deployment_file)]
     admin = TxSender(w3, dev_account(0))
     models, nodes = contract_at(w3, deployment, "ModelRegistry"), contract_at(w3, deployment, "NodeRegistry")
-    token, settlement = contract_at(w3, deployment, "NetworkToken"), contract_at(w3, deployment, "Settlement")
     data = model.read_bytes()
+    # Proposed directly: publish_model.py would add the file to kubo, which this run does not need.
     spec = (
         MODEL,
         str(raw_cid(data)),
@@ -203,20 +210,16 @@ def setup_chain(w3: Web3, deployment: Deployment, model: Path) -> int:
     )
     receipt = admin.send(models.functions.propose(spec))
     model_id = models.events.ModelProposed().process_receipt(receipt)[0]["args"]["modelId"]
-    admin.send(models.functions.approve(model_id))
-    operator = dev_account(OPERATOR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        approve_model.main([*chain, "--dev-account", "0", "--model-id", str(model_id)])
+        for index in PAYERS:
+            deposit.main([*chain, "--dev-account", str(index), "--amount", DEPOSIT])
+    # Registered directly: register_node.py reads the operator's node config for what this run sets.
+    operator = TxSender(w3, dev_account(OPERATOR))
     stake = nodes.functions.minStake().call()
-    admin.send(token.functions.mint(operator.address, stake))
-    sender = TxSender(w3, operator)
-    sender.send(token.functions.approve(nodes.address, stake))
-    sender.send(nodes.functions.stake(stake))
-    sender.send(nodes.functions.register("bench-node", "http://127.0.0.1:1", "{}", [model_id]))
-    for index in PAYERS:
-        payer = dev_account(index)
-        admin.send(token.functions.mint(payer.address, DEPOSIT))
-        payer_tx = TxSender(w3, payer)
-        payer_tx.send(token.functions.approve(settlement.address, DEPOSIT))
-        payer_tx.send(settlement.functions.deposit(DEPOSIT))
+    operator.send(contract_at(w3, deployment, "NetworkToken").functions.approve(nodes.address, stake))
+    operator.send(nodes.functions.stake(stake))
+    operator.send(nodes.functions.register("bench-node", "http://127.0.0.1:1", "{}", [model_id]))
     return model_id
 
 
@@ -361,7 +364,7 @@ def main(args: argparse.Namespace) -> int:
         try:
             deployment = ensure_deployed(w3, work / "deployment.json")
             model = write_tiny_llama(work / "tiny.gguf", seed=5, name=MODEL)
-            model_id = setup_chain(w3, deployment, model)
+            model_id = setup_chain(w3, deployment, work / "deployment.json", model)
             node = NodeProcess(str(w3.provider.endpoint_uri), work / "deployment.json", model, model_id, work)
             return measure(w3, deployment, node, model_id, args.requests)
         finally:
