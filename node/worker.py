@@ -87,11 +87,12 @@ class _LlamaLog:
 
 
 class _Request:
-    """A request in a slot: its sampler chain, text stream and exact token counts."""
+    """A request in a slot: its sampler chain (None: greedy, an argmax over the logits), text
+    stream and exact token counts."""
 
     __slots__ = ("logprobs", "max_tokens", "n_completion", "n_prompt", "req_id", "sampler", "stream")
 
-    def __init__(self, req_id: int, n_prompt: int, sampling: Sampling, sampler: Any) -> None:
+    def __init__(self, req_id: int, n_prompt: int, sampling: Sampling, sampler: Any | None) -> None:
         self.req_id = req_id
         self.n_prompt = n_prompt
         self.n_completion = 0
@@ -337,7 +338,8 @@ class _Worker:
         if seq is not None:
             llama_cpp.llama_memory_seq_rm(lane.mem, seq.seq_id, -1, -1)
         del lane.requests[req.req_id]
-        llama_cpp.llama_sampler_free(req.sampler)
+        if req.sampler is not None:
+            llama_cpp.llama_sampler_free(req.sampler)
         events.append(Finished(req.req_id, finish, req.n_prompt, req.n_completion))
 
     def _step(self, lane: _Lane, events: list[Event]) -> None:
@@ -361,7 +363,7 @@ class _Worker:
                 continue
             req = requests[c.req_id]
             idx = c.output_index
-            token = sample(req.sampler, ctx, idx)
+            token = self._argmax(ctx, idx) if req.sampler is None else sample(req.sampler, ctx, idx)
             req.n_completion += 1
             hit = pieces.get(token)
             if hit is None:
@@ -436,8 +438,19 @@ class _Worker:
         text, logprob, data = self._token_entry(token, float(row[token]))
         return text, logprob, data, alternatives
 
-    def _sampler(self, s: Sampling) -> Any:
-        """A llama.cpp sampler chain for one request (freed when the request ends)."""
+    def _argmax(self, ctx: Any, idx: int) -> int:
+        """llama.cpp's greedy choice (the first of the highest logits) without its sampler: that
+        copies the whole vocabulary into a candidate array first, 1 ms per token on Gemma's
+        262,144 tokens, 13% of a step at 8 sequences; numpy's argmax reads the row in 0.05 ms."""
+        row = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        return int(row.argmax())
+
+    def _sampler(self, s: Sampling) -> Any | None:
+        """A llama.cpp sampler chain for one request (freed when the request ends), or None for
+        plain greedy decoding, which `_argmax` does."""
+        penalized = bool(s.presence_penalty or s.frequency_penalty)
+        if s.temperature <= 0 and not penalized:
+            return None
         cp = llama_cpp.llama_sampler_chain_default_params()
         cp.no_perf = True
         chain = llama_cpp.llama_sampler_chain_init(cp)
@@ -445,7 +458,7 @@ class _Worker:
         def add(smpl: Any) -> None:
             llama_cpp.llama_sampler_chain_add(chain, smpl)  # the chain owns and frees it
 
-        if s.presence_penalty or s.frequency_penalty:
+        if penalized:
             # Over every generated token (the window is a request's context).
             add(
                 llama_cpp.llama_sampler_init_penalties(

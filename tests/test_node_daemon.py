@@ -134,6 +134,16 @@ def test_daemon_realGemmaModel_chatWithItsTemplate(net: Net, daemon_factory, gem
     expected = "<bos><start_of_turn>user\nWrite a Python function that adds two numbers.<end_of_turn>\n"
     expected += "<start_of_turn>model\n"
     assert chat.usage.prompt_tokens == len(vocab.tokenize(expected.encode(), add_bos=False, special=True))
+    # Greedy decoding picks what llama.cpp's own greedy sampler picks, token for token: the
+    # reference path (logits of a single-sequence run) against llama-cpp-python in-process.
+    prompt = "def add(a, b):\n    "
+    llm = llama_cpp.Llama(model_path=str(gemma_model), n_ctx=2048, n_threads=2, verbose=False)
+    want = llm.create_completion(prompt, max_tokens=32, temperature=0)
+    got = node.client().completions.create(
+        model="gemma3-270m", prompt=prompt, max_tokens=32, temperature=0, extra_body={"reference": True}
+    )
+    assert got.choices[0].text == want["choices"][0]["text"]
+    assert got.usage.completion_tokens == want["usage"]["completion_tokens"]
     health = httpx.get(node.url + "/health", timeout=5).json()
     assert health["models"]["gemma3-270m"]["state"] == "ready"
     rss = health["models"]["gemma3-270m"]["rss_bytes"]
