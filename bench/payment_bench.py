@@ -133,9 +133,9 @@ async def _serve(args: argparse.Namespace) -> None:
     from node.local import local_servable
     from node.payments import Payments
     from node.receipts import ReceiptStore
-    from node.server import HttpServer
-    from node.service import run_services
     from node.settler import Settler
+    from protocol.server import HttpServer
+    from protocol.service import run_services
 
     w3 = connect(args.rpc_url)
     deployment = load_deployment(Path(args.deployment), w3)

@@ -1,10 +1,12 @@
 """The registry fold: what the ModelRegistry and NodeRegistry hold, kept current from their events.
 
-The node and the router both read models (id -> ModelInfo) and nodes (operator -> NodeInfo) from a
-`RegistryView`. `load()` reads everything as of one block: `modelCount` and `getModel` for every id,
-`operatorCount`, `operatorsPage` and `getNode` for every operator that ever registered. After that,
+The node and the router both read models (id -> ModelInfo), nodes (operator -> NodeInfo) and their
+reputation counters (operator -> Reputation) from a `RegistryView`. `load()` reads everything as of
+one block: `modelCount` and `getModel` for every id, `operatorCount`, `operatorsPage`, `getNode`
+and `reputationOf` for every operator that ever registered. After that,
 `apply(event)` takes the EventWatcher's events: one that names a model id (`modelId`) or an operator
-(`operator`) makes the view read that entry again through chain.views, as of the confirmed head
+(`operator`: also SettlementRecorded and NodeSlashed, which change the counters) makes the view
+read that entry again through chain.views, as of the confirmed head
 (the chain's head minus `confirmations`, never below the event's block). Everything the view shows
 is therefore confirmed state, and a later change always comes with an event of its own.
 
@@ -24,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 from typing import Any
@@ -34,7 +36,7 @@ from web3.contract import Contract
 
 from chain.errors import ChainError
 from chain.logs import kv as _kv
-from chain.views import MODEL_STATUS, model_info, node_info, status_name
+from chain.views import MODEL_STATUS, model_info, node_info, reputation_of, status_name
 from chain.watcher import ChainEvent
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class RegistrySnapshot:
     block: int = -1
     models: Mapping[int, Any] = field(default_factory=lambda: MappingProxyType({}))
     nodes: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    reputation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @cached_property
     def _by_name(self) -> dict[str, list[int]]:
@@ -95,6 +98,10 @@ class RegistrySnapshot:
     def node(self, operator: str) -> Any | None:
         """A node (a chain.views.NodeInfo) by operator address, None when it never registered."""
         return self.nodes.get(to_checksum_address(operator))
+
+    def reputation_of(self, operator: str) -> Any | None:
+        """A node's reputation counters (a chain.views.Reputation), None when it never registered."""
+        return self.reputation.get(to_checksum_address(operator))
 
     def registered_nodes(self) -> dict[str, Any]:
         """Operator -> NodeInfo of the nodes registered now."""
@@ -202,6 +209,7 @@ class RegistryView:
                 page = self._nodes.functions.operatorsPage(start, self._page_size).call(block_identifier=at)
                 operators.extend(to_checksum_address(op) for op in page)
             nodes = {op: node_info(self._nodes, op, at) for op in operators}
+            reputation = {op: reputation_of(self._nodes, op, at) for op in operators}
             old = self._snapshot
             self._loaded_at = at
             self._read_at.clear()
@@ -210,6 +218,7 @@ class RegistryView:
                 block=at,
                 models=MappingProxyType(models),
                 nodes=MappingProxyType(nodes),
+                reputation=MappingProxyType(reputation),
             )
             self._snapshot = snapshot
         log.info(
@@ -243,22 +252,25 @@ class RegistryView:
             if event.block_number <= max(self._read_at.get(key, -1), self._loaded_at):
                 return False
             at = max(event.block_number, self.confirmed_head())
+            old = self._snapshot
             if kind == "model":
                 info = model_info(self._models, ident, at)
+                self._read_at[key] = at
+                if old.models.get(ident) == info:
+                    return False
+                snapshot = replace(old, models=MappingProxyType({**old.models, ident: info}))
             else:
                 info = node_info(self._nodes, ident, at)
-            self._read_at[key] = at
-            old = self._snapshot
-            table = old.models if kind == "model" else old.nodes
-            if table.get(ident) == info:
-                return False
-            changed = {**table, ident: info}
-            snapshot = RegistrySnapshot(
-                version=old.version + 1,
-                block=max(old.block, at),
-                models=MappingProxyType(changed) if kind == "model" else old.models,
-                nodes=MappingProxyType(changed) if kind == "node" else old.nodes,
-            )
+                counters = reputation_of(self._nodes, ident, at)
+                self._read_at[key] = at
+                if old.nodes.get(ident) == info and old.reputation.get(ident) == counters:
+                    return False
+                snapshot = replace(
+                    old,
+                    nodes=MappingProxyType({**old.nodes, ident: info}),
+                    reputation=MappingProxyType({**old.reputation, ident: counters}),
+                )
+            snapshot = replace(snapshot, version=old.version + 1, block=max(old.block, at))
             self._snapshot = snapshot
         if kind == "model":
             log.info(
@@ -280,6 +292,8 @@ class RegistryView:
                     node_id=info.node_id or "-",
                     registered=info.registered,
                     hosted=",".join(str(i) for i in info.hosted_models) or "-",
+                    tokens_served=snapshot.reputation[ident].tokens_served,
+                    slashes=snapshot.reputation[ident].slash_count,
                     block=at,
                     cause=event.event,
                 )

@@ -53,9 +53,10 @@ def node_info(nodes: Contract, operator: str, block: BlockIdentifier = "latest")
     return NodeInfo(*nodes.functions.getNode(operator).call(block_identifier=block))
 
 
-def reputation_of(nodes: Contract, operator: str) -> Any:
-    """A node's reputation counters (`.tokens_served`, `.volume_paid`, `.slash_count`, ...)."""
-    return Reputation(*nodes.functions.reputationOf(operator).call())
+def reputation_of(nodes: Contract, operator: str, block: BlockIdentifier = "latest") -> Any:
+    """A node's reputation counters (`.tokens_served`, `.volume_paid`, `.slash_count`, ...), as of
+    `block`."""
+    return Reputation(*nodes.functions.reputationOf(operator).call(block_identifier=block))
 
 
 def escrow_of(settlement: Contract, payer: str) -> Any:

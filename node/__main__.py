@@ -21,12 +21,12 @@ from eth_account.signers.local import LocalAccount
 from chain.accounts import load_account
 from chain.errors import ChainError
 from node.app import build_stack
-from node.chainview import ChainView
+from node.chainview import NodeChainView
 from node.config import ConfigError, NodeConfig, default_config_path, load_config
 from node.models import ModelManager
-from node.server import HttpServer
-from node.service import ServiceError, run_services
 from node.settler import PaymentService
+from protocol.server import HttpServer
+from protocol.service import ServiceError, run_services
 from storage.blockstore import FileBlockStore
 
 log = logging.getLogger("node")
@@ -62,7 +62,7 @@ def build_services(config: NodeConfig, config_path: Path) -> list:
     """The daemon's services in start order."""
     account = node_account(config)
     blocks = FileBlockStore()
-    chain = ChainView(
+    chain = NodeChainView(
         config,
         config_path,
         confirmations=config.chain.confirmations,

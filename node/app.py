@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from node.config import ServingLimits
-from node.limits import BodyLimit, RequestLimit
 from node.metrics import Metrics
 from node.routes import router
 from node.serving import PaymentHooks, Serving
 from node.workers import Workers
-from protocol.errors import ApiError
+from protocol.http import add_error_handlers
+from protocol.limits import BodyLimit, RequestLimit
 from storage.blockstore import BlockStore
 from storage.gateway import gateway_router
 
@@ -65,7 +62,7 @@ def create_app(
     limits: ServingLimits,
     blocks: BlockStore | None,
 ) -> ASGIApp:
-    """The app inside the request and body limits (node.limits; Starlette's own body limit answers a
+    """The app inside the request and body limits (protocol.limits; Starlette's own body limit answers a
     declared oversize body in plain text, and clients need OpenAI's error shape)."""
     app = FastAPI(title="llm-mesh node", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serving, app.state.workers, app.state.metrics = serving, workers, metrics
@@ -75,16 +72,6 @@ def create_app(
     app.include_router(router)
     if blocks is not None:
         app.include_router(gateway_router(blocks))
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    add_error_handlers(app)
     bounded = BodyLimit(app, limits.max_body_bytes)
     return RequestLimit(bounded, limits.max_connections, exempt=("/health", "/metrics"))
-
-
-async def _api_error(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
-
-
-async def _http_error(request: Request, exc: Any) -> JSONResponse:
-    error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-    return JSONResponse(error.body(), status_code=exc.status_code, headers=error.headers())

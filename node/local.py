@@ -20,9 +20,9 @@ from pathlib import Path
 from node.app import build_stack
 from node.config import HostedModel, ServingLimits
 from node.models import ServableModel
-from node.server import HttpServer
-from node.service import Service, ServiceError, run_services
 from node.workers import memory_estimate
+from protocol.server import HttpServer
+from protocol.service import Service, ServiceError, run_services
 from storage.gguf import GgufError, read_header
 
 log = logging.getLogger("node.local")

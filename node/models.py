@@ -39,14 +39,14 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 
 from chain.accounts import load_account
+from chain.chainview import ChainView
 from chain.logs import kv as _kv
 from chain.redact import redact
 from chain.registry import APPROVED, RegistrySnapshot
 from chain.tx import TxSender
 from chain.views import node_info, status_name
-from node.chainview import ChainView
 from node.config import HostedModel, NodeConfig
-from node.service import Service
+from protocol.service import Service
 from storage.blocks import BlockSource, KuboBlocks
 from storage.blockstore import FileBlockStore
 from storage.cache import ModelCache

@@ -42,7 +42,7 @@ from chain.watcher import ChainEvent
 from node.config import PaymentSettings
 from node.payments import PaymentGate, Payments
 from node.receipts import DROPPED, SETTLED, ReceiptStore
-from node.service import Service
+from protocol.service import Service
 
 log = logging.getLogger(__name__)
 

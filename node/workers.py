@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from node import worker as worker_main
 from node.messages import Cancel, Event, Fatal, Finished, Ready, Refused, Steps, Stop, Submit, WorkerSpec
 from node.queue import FairGate, WaitBudget
-from node.service import Service
 from protocol.errors import ApiError
+from protocol.service import Service
 
 log = logging.getLogger("node.workers")
 _spawn = multiprocessing.get_context("spawn")

@@ -13,8 +13,9 @@ raises ReceiptRefused and nothing is signed. The checks (what "inflated" means):
   tokens within the auth's max_tokens, price within its cap (and equal to the on-chain price when
   `price_of` knows it), amount = chain.pricing.request_cost(tokens, price);
 - the answered request's item bills exactly the completion tokens its response reported; an item
-  of a request whose answer has not arrived (or broke off) bills at least the text chunks that
-  arrived and at most its auth's max_tokens;
+  of a request whose answer has not arrived bills at least the text chunks that arrived and at
+  most its auth's max_tokens, or, once the payer said it broke off (`broke_off`), at most what
+  arrived plus a small slack for tokens in flight;
 - cumulative tokens and amount are the base's plus the items' sums, nothing more.
 
 The ledger (per node: the newest countersigned receipt, the auths, what each was billed) lives in
@@ -56,6 +57,7 @@ class AuthRecord:
     created: float
     streamed: int = 0  # text chunks (or reported tokens) that arrived
     answered: int | None = None  # completion tokens the finished response reported
+    ceiling: int | None = None  # for a request that broke off: the most it may be billed
     billed: Item | None = None
 
 
@@ -97,6 +99,10 @@ class Payer:
         node = checksum_address(node)
         return self._ledgers.setdefault(node, NodeLedger(node))
 
+    def ledgers(self) -> dict[str, NodeLedger]:
+        """Every node this payer has a ledger with."""
+        return dict(self._ledgers)
+
     def authorize(
         self, node: str, model_id: int, max_tokens: int, max_price_per_1k: int
     ) -> tuple[int, dict[str, str]]:
@@ -123,6 +129,15 @@ class Payer:
         record = self.ledger(node).auths.get(nonce)
         if record is not None:
             record.streamed += chunks
+
+    def broke_off(self, node: str, nonce: int, chunks: int, slack: int = 0) -> None:
+        """A request that ended without its answer after `chunks` text chunks arrived: it may be
+        billed at most `chunks + slack` tokens (`slack`: what can be in flight when a stream is
+        cut, written by the node but never received)."""
+        record = self.ledger(node).auths.get(nonce)
+        if record is not None:
+            record.streamed = max(record.streamed, chunks)
+            record.ceiling = record.streamed + max(0, slack)
 
     def accept(self, node: str, nonce: int, billing: Billing, usage_tokens: int) -> SignedReceipt:
         """Check the node's receipt for the finished request `nonce` (whose response reported
@@ -212,6 +227,8 @@ class Payer:
             raise ReceiptRefused(f"request {item.nonce}: {item.tokens} tokens cannot cost {item.amount}")
         low = record.streamed if record.answered is None else record.answered
         high = auth.max_tokens if record.answered is None else record.answered
+        if record.answered is None and record.ceiling is not None:
+            high = min(high, record.ceiling)
         if not low <= item.tokens <= high:
             raise ReceiptRefused(
                 f"request {item.nonce} is billed {item.tokens} tokens; {low}..{high} arrived or were allowed"

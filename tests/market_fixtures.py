@@ -168,9 +168,22 @@ def tiny(tmp: Path, name: str, seed: int) -> Path:
 class Daemon:
     """The node daemon as a child process, its log in a file."""
 
-    def __init__(self, net: Net, models: list[dict], port: int | None = None, **extra: object) -> None:
+    def __init__(
+        self,
+        net: Net,
+        models: list[dict],
+        port: int | None = None,
+        *,
+        operator: LocalAccount = OPERATOR,
+        home: Path | None = None,
+        **extra: object,
+    ) -> None:
+        """`home`: the node's directory (config, keystore, cache, log; default the test's tmp)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.operator = operator
+        home = home or net.tmp
+        home.mkdir(parents=True, exist_ok=True)
         config = {
             "node_id": "daemon-test",
             "endpoint": self.url,
@@ -179,18 +192,18 @@ class Daemon:
             "chain": {
                 "rpc_url": net.rpc_url,
                 "deployment": str(net.deployment_file),
-                **{k: str(v) for k, v in keystore_files(net.tmp, OPERATOR).items()},
+                **{k: str(v) for k, v in keystore_files(home, operator).items()},
                 "poll_interval_s": 0.2,
             },
-            "cache_dir": str(net.tmp / "cache"),
+            "cache_dir": str(home / "cache"),
             "cache_limit_gb": 1,
             "ipfs_api": net.fetcher.api_url,
             "payments": {"enabled": False},  # serving tests; test_node_payments turns it on
             **extra,
         }
-        self.config = net.tmp / "node.json"
+        self.config = home / "node.json"
         self.config.write_text(json.dumps(config))
-        self.log = net.tmp / "node.log"
+        self.log = home / "node.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "node", "--config", str(self.config)],
             cwd=ROOT,
@@ -235,7 +248,7 @@ class Daemon:
 def daemon_factory(net: Net) -> Iterator:
     started: list[Daemon] = []
 
-    def start(models: list[dict], port: int | None = None, **extra: object) -> Daemon:
+    def start(models: list[dict], port: int | None = None, **extra: Any) -> Daemon:
         started.append(Daemon(net, models, port, **extra))
         return started[-1]
 

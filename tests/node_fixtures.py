@@ -16,8 +16,8 @@ from node.app import build_stack
 from node.config import HostedModel, ServingLimits
 from node.local import local_servable
 from node.models import ServableModel
-from node.server import HttpServer
-from node.service import run_services
+from protocol.server import HttpServer
+from protocol.service import run_services
 from storage.daemon import free_port
 from tests.gguf_models import write_tiny_llama
 

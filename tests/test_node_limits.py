@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 
-from node.limits import BodyLimit
+from protocol.limits import BodyLimit
 from tests.conftest import free_port
 
 LIMIT = 1000

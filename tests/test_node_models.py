@@ -20,16 +20,18 @@ from typing import Any
 import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
+from web3.logs import DISCARD
 
+from chain.chainview import ChainView, dev_confirmations
 from chain.errors import ChainError, WrongNetwork
-from chain.registry import APPROVED, MODELS, RegistryView
+from chain.registry import APPROVED, MODELS, NODES, RegistryView
 from chain.tx import TxSender
 from chain.views import MODEL_STATUS
 from chain.watcher import ChainEvent
-from node.chainview import ChainView, dev_confirmations
+from node.chainview import NodeChainView
 from node.config import HostedModel, NodeConfig
 from node.models import ModelManager, ServableModel
-from node.service import Service, ServiceError, run_services
+from protocol.service import Service, ServiceError, run_services
 from storage.blocks import KuboBlocks
 from storage.cache import ModelCache
 from storage.cid import Cid
@@ -107,7 +109,7 @@ class Node:
 
 def chain_view(config: NodeConfig, tmp: Path) -> ChainView:
     """A chain view that notices events within a tenth of a second (Anvil mines each transaction)."""
-    return ChainView(
+    return NodeChainView(
         config,
         state_dir=tmp / "state",
         confirmations=0,
@@ -211,7 +213,8 @@ async def test_chainView_initialLoadSeesModelsApprovedBeforeStartThenFollowsEven
 async def test_chainView_withConfirmations_showsOnlyConfirmedState(net: Net) -> None:
     """One confirmation: an approval mined at the head is not visible until a block covers it."""
     facts = hash_bytes(b"confirmed")
-    chain = ChainView(node_config(net, []), state_dir=net.tmp / "state", confirmations=1, poll_interval=0.05)
+    config = node_config(net, [])
+    chain = NodeChainView(config, state_dir=net.tmp / "state", confirmations=1, poll_interval=0.05)
     async with running(chain) as until:
         await until(lambda: _started(chain), "the initial load")
         model_id = await asyncio.to_thread(
@@ -275,7 +278,7 @@ async def test_chainView_stateFileOfAnotherChain_isReplacedNotFatal(
             net.w3.provider.make_request("evm_mine", [])
             await until(written, "the state file written")
         state.write_text(json.dumps(json.loads(state.read_text()) | {"genesis_hash": "0x" + "ab" * 32}))
-        caplog.set_level(logging.WARNING, logger="node.chainview")
+        caplog.set_level(logging.WARNING, logger="chain.chainview")
     [line] = records(caplog, "chainview.state_replaced")
     assert "reason=another_chain" in line and str(state) in line
 
@@ -501,6 +504,22 @@ def test_registryView_eventsItAlreadyReflectsChangeNothing(marketplace: Marketpl
     )
     assert view.apply(unrelated) is False
     assert Cid.parse(view.model(1).cid) == facts.cid
+
+
+def test_registryView_slashOrSettlementEventRereadsTheNodesReputation(net: Net) -> None:
+    """Reputation counters change only through NodeRegistry events that name the operator."""
+    net.register(OPERATOR)
+    view = RegistryView(net.models, net.nodes)
+    view.load()
+    assert view.snapshot().reputation_of(OPERATOR.address).slash_count == 0
+    stake = net.nodes.functions.minStake().call()
+    receipt = net.admin.send(net.nodes.functions.slash(OPERATOR.address, stake // 10, "test"))
+    [log] = net.nodes.events.NodeSlashed().process_receipt(receipt, errors=DISCARD)
+    event = ChainEvent(NODES, "NodeSlashed", dict(log["args"]), receipt["blockNumber"], "0x", "0x", 0)
+    assert view.apply(event) is True
+    counters = view.snapshot().reputation_of(OPERATOR.address)
+    assert counters.slash_count == 1 and counters.total_slashed == stake // 10
+    assert view.snapshot().nodes[OPERATOR.address].stake == stake - stake // 10
 
 
 def test_devConfirmations_noneOnALocalDevChainElseTwo() -> None:

@@ -11,9 +11,9 @@ import socket
 import uvicorn
 from starlette.types import ASGIApp
 
-from node.service import Service
+from protocol.service import Service
 
-log = logging.getLogger("node.server")
+log = logging.getLogger(__name__)
 
 
 class HttpServer(Service):

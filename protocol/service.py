@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-log = logging.getLogger("node.service")
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):

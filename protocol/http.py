@@ -1,0 +1,26 @@
+"""Errors in OpenAI's shape for a FastAPI app: ApiError answers as it says, and Starlette's own
+HTTP errors (an unknown path, a wrong method) in the same shape, so clients see one error format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from protocol.errors import ApiError
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+
+
+async def _api_error(request: Request, exc: Any) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _http_error(request: Request, exc: Any) -> JSONResponse:
+    error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    return JSONResponse(error.body(), status_code=exc.status_code, headers=error.headers())
