@@ -1,0 +1,130 @@
+"""The router end to end: `python -m router` in front of three paid nodes (`python -m node`), real
+Anvil, kubo and llama.cpp. The official openai client works against it unchanged, requests spread
+over the hosts and are paid per node, receipts settle on chain for every host used, a killed node
+is failed over, and a stream that breaks after its first tokens ends with an error event."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+
+import httpx
+import openai
+import pytest
+
+from tests.router_fixtures import MODEL, PAYER, Mesh
+
+
+def ledgers(m: Mesh) -> dict[str, dict[str, str]]:
+    return m.router.health()["payer"]["ledgers"]
+
+
+def test_openaiClient_worksUnchangedAndEveryHostUsedIsPaidAndSettled(mesh: Mesh) -> None:
+    client = mesh.router.client()
+    listed = {m.id: m for m in client.models.list().data}
+    assert set(listed) == {MODEL}
+    info = listed[MODEL].model_dump()
+    assert info["context_window"] == 512 and len(info["available_hosts"]) == 3
+
+    answer = client.completions.create(model=MODEL, prompt="def fix", max_tokens=8, temperature=0)
+    assert answer.usage.completion_tokens >= 1 and answer.choices[0].text
+    served = answer.model_extra["llm_mesh"]
+    assert served["model"] == MODEL and served["node"] in mesh.nodes and int(served["cost"]) > 0
+
+    chat = client.chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        extra_body={"task_type": "fix"},
+    )
+    assert chat.model == MODEL  # the fix task's preferred model has no host: the hosted one served
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="def add", max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and 1 <= sum(1 for c in chunks if c.choices and c.choices[0].text) <= 8
+    final = next(c for c in chunks if c.model_extra.get("llm_mesh"))  # the summary rides in the final chunk
+    assert final.model_extra["llm_mesh"]["completion_tokens"] == usage.completion_tokens
+
+    # Concurrent requests spread over the hosts (load is part of the score).
+    def ask(i: int) -> str:
+        a = mesh.router.client().completions.create(model=MODEL, prompt=f"x{i}", max_tokens=64, temperature=0)
+        return a.model_extra["llm_mesh"]["node"]
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        used = set(pool.map(ask, range(12)))
+    assert len(used) >= 2, used
+
+    # Every node used ends up holding the payer's newest countersigned receipt, and settles it.
+    mesh.router.until(
+        lambda: all(entry["delivered"] for entry in ledgers(mesh).values()), what="receipts delivered"
+    )
+    owed = {node: int(entry["amount"]) for node, entry in ledgers(mesh).items()}
+    assert set(owed) >= used and all(amount > 0 for amount in owed.values())
+    for node in mesh.nodes.values():
+        assert node.stop() == 0  # a graceful stop settles what is unpaid
+    settlement = mesh.net.market.contract("Settlement")
+    for operator, amount in owed.items():
+        paid, _tokens = settlement.functions.channelOf(PAYER.address, operator).call()
+        assert paid == amount, operator
+        assert settlement.functions.earnings(operator).call() == settlement.functions.split(amount).call()[0]
+
+
+def test_errors_keepOpenAIsShape(mesh: Mesh) -> None:
+    client = mesh.router.client()
+    with pytest.raises(openai.NotFoundError, match="'nope' is not approved on this network"):
+        client.completions.create(model="nope", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError, match="unknown task type 'dance'"):
+        client.completions.create(model="auto", prompt="x", max_tokens=2, extra_body={"task_type": "dance"})
+    with pytest.raises(openai.BadRequestError, match="temperature"):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=-1)
+    response = httpx.post(mesh.router.url + "/v1/completions", content=b"{", timeout=10)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+
+
+def test_aKilledNode_isFailedOverTransparentlyAndBackedOff(mesh: Mesh) -> None:
+    client = mesh.router.client()
+    first = client.completions.create(model=MODEL, prompt="def fix", max_tokens=4).model_extra["llm_mesh"][
+        "node"
+    ]
+    mesh.kill(first)  # the router has not noticed yet: its next choice is likely this node again
+    for _ in range(4):
+        answer = client.completions.create(model=MODEL, prompt="def fix", max_tokens=4)
+        assert answer.model_extra["llm_mesh"]["node"] != first
+    stream = client.completions.create(model=MODEL, prompt="def add", max_tokens=4, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices)
+    assert first not in mesh.router.alive()
+
+
+def test_aStreamThatBreaksAfterItsFirstTokens_endsWithAnErrorEvent(mesh: Mesh) -> None:
+    client = mesh.router.client()
+    stream = client.completions.create(
+        model=MODEL, prompt="def fix", max_tokens=2000, temperature=0, stream=True
+    )
+    received = 0
+    with pytest.raises(openai.APIError, match="broke off after") as caught:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                received += 1
+            if received == 1:
+                node = chunk.model_extra["llm_mesh"]["node"] if chunk.model_extra.get("llm_mesh") else None
+                operator = node or _serving(mesh)
+                worker = _worker_pid(mesh, operator)
+                os.kill(worker, signal.SIGSTOP)  # no more tokens, then the node dies
+                mesh.kill(operator)
+    assert received >= 1
+    assert "only those are paid for" in str(caught.value)
+
+
+def _serving(mesh: Mesh) -> str:
+    """The node with a request in flight, as the router sees it."""
+    nodes = mesh.router.health()["nodes"]
+    return next(op for op, n in nodes.items() if n["inflight"])
+
+
+def _worker_pid(mesh: Mesh, operator: str) -> int:
+    health = httpx.get(mesh.nodes[operator].url + "/health", timeout=5).json()
+    return int(health["models"][MODEL]["pid"])
