@@ -27,7 +27,7 @@ from protocol.errors import ApiError
 from protocol.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from router.health import HealthBook
 from router.select import Candidate, NoHost, rank
-from router.tasks import TaskTable, UnknownTask
+from router.tasks import BadTask, TaskTable
 from router.upstream import OpenStream, Served, Upstream
 from router.wallet import Wallet
 
@@ -108,8 +108,8 @@ class Router:
             raise ApiError(400, "task_type must be a string", param="task_type", code="invalid_value")
         try:
             task = self.table.check(task_field)
-        except UnknownTask as exc:
-            raise ApiError(400, str(exc), param="task_type", code="unknown_task") from None
+        except BadTask as exc:
+            raise ApiError(400, str(exc), param="task_type", code="invalid_value") from None
         data.setdefault("model", AUTO)
         kind = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
         # The node's own validation, so a bad request reads the same from the router.

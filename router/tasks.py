@@ -1,7 +1,7 @@
 """Task type -> model: which model a request of a kind of work prefers, and which specialties match.
 
 The default table is the network's founding one (debug, analyze, fix, clean, fix_helper, refactor;
-anything else is `general`, which prefers no model). A router config can replace any entry. The
+anything else is general work, which prefers no model). A router config can replace any entry. The
 preferred model is only a preference: when it has no live host the router falls back to the other
 approved, hosted models that fit the request, ranked by the host score (router.scoring), and the
 response says which model served.
@@ -35,12 +35,11 @@ DEFAULT_SPECIALTIES: Mapping[str, tuple[str, ...]] = {
 }
 
 
-class UnknownTask(ValueError):  # noqa: N818 - named for what the caller sent
-    """A task type the table does not know; `known` lists the ones it does."""
+MAX_TASK_CHARS = 64
 
-    def __init__(self, task: str, known: Iterable[str]) -> None:
-        self.task, self.known = task, sorted(known)
-        super().__init__(f"unknown task type {task!r}; use one of: {', '.join(self.known)}")
+
+class BadTask(ValueError):  # noqa: N818 - named for what the caller sent
+    """A task type that is not a short printable name."""
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,15 @@ class TaskTable:
         return sorted({*self.models, *self.specialties, GENERAL})
 
     def check(self, task: str | None) -> str:
-        """The task type to route by (None or empty: general); UnknownTask for a name not in the table."""
+        """The task type to route by, lower-cased (None or empty: general). A task the table does
+        not name is general work that prefers no model, but still matches specialties spelled
+        like it (task `python` boosts models tagged `python`); BadTask for a name that is not text."""
         if not task:
             return GENERAL
         task = task.strip().lower()
-        if task not in self.tasks():
-            raise UnknownTask(task, self.tasks())
-        return task
+        if len(task) > MAX_TASK_CHARS or not task.isprintable():
+            raise BadTask(f"task_type must be a printable name of at most {MAX_TASK_CHARS} characters")
+        return task or GENERAL
 
     def preferred(self, task: str) -> str | None:
         """The model name the task prefers, None for general work."""

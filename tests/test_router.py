@@ -5,6 +5,7 @@ is failed over, and a stream that breaks after its first tokens ends with an err
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
@@ -13,7 +14,10 @@ import httpx
 import openai
 import pytest
 
-from tests.router_fixtures import MODEL, PAYER, Mesh
+from chain.accounts import dev_account
+from router.config import build_router_config
+from router.sdk import MeshClient, MeshError, ModelRegistry, ModelResponse
+from tests.router_fixtures import MODEL, PAYER, Mesh, fund
 
 
 def ledgers(m: Mesh) -> dict[str, dict[str, str]]:
@@ -77,8 +81,8 @@ def test_errors_keepOpenAIsShape(mesh: Mesh) -> None:
     client = mesh.router.client()
     with pytest.raises(openai.NotFoundError, match="'nope' is not approved on this network"):
         client.completions.create(model="nope", prompt="x", max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="unknown task type 'dance'"):
-        client.completions.create(model="auto", prompt="x", max_tokens=2, extra_body={"task_type": "dance"})
+    with pytest.raises(openai.BadRequestError, match="task_type must be a printable name"):
+        client.completions.create(model="auto", prompt="x", max_tokens=2, extra_body={"task_type": "a\x00b"})
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=MODEL, prompt="x", max_tokens=2, temperature=-1)
     response = httpx.post(mesh.router.url + "/v1/completions", content=b"{", timeout=10)
@@ -128,3 +132,35 @@ def _serving(mesh: Mesh) -> str:
 def _worker_pid(mesh: Mesh, operator: str) -> int:
     health = httpx.get(mesh.nodes[operator].url + "/health", timeout=5).json()
     return int(health["models"][MODEL]["pid"])
+
+
+def test_sdk_inProcessAndThroughARunningRouter_answerAlike(mesh: Mesh, tmp_path) -> None:
+    payer = dev_account(7)  # its own payer: one payer's ledger belongs to one router at a time
+    fund(mesh.net, payer)
+    chain = {"rpc_url": mesh.net.rpc_url, "deployment": mesh.net.deployment_file, "dev_account": 7}
+    config = build_router_config(None, chain=chain, state_dir=tmp_path / "sdk", probe_interval_s=0.5)
+    with MeshClient(config=config) as local, MeshClient(mesh.router.url) as remote:
+        for client in (local, remote):
+            answer = client.complete_sync("def fix", model_name=MODEL, max_tokens=8)
+            assert answer.node in mesh.nodes and answer.model == MODEL
+            assert answer.completion_tokens >= 1 and answer.cost > 0 and answer.text
+
+            stream = client.stream("def add", task_type="fix", max_tokens=8)
+            text = "".join(stream)
+            assert stream.response is not None and stream.response.text == text and stream.response.cost > 0
+
+            async def collect(client=client) -> tuple[str, ModelResponse]:
+                stream = client.stream("def sub", max_tokens=8)
+                pieces = [piece async for piece in stream]
+                return "".join(pieces), stream.response
+
+            text, response = asyncio.run(collect())
+            assert response.text == text and response.completion_tokens >= 1
+
+            info = ModelRegistry(client).get_model_info(MODEL)
+            assert len(info["available_hosts"]) == 3 and info["context_window"] == 512
+            with pytest.raises(MeshError, match="'nope' is not approved") as caught:
+                asyncio.run(client.complete("x", model_name="nope"))
+            assert caught.value.status == 404
+    owed = mesh.net.market.contract("Settlement").functions.escrowOf(payer.address).call()
+    assert owed[0] == 10**18  # nothing settled yet: the nodes hold the receipts

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from router.scoring import SPECIALTY_BOOST, HostFacts, score
-from router.tasks import DEFAULT_MODELS, GENERAL, TaskTable, UnknownTask
+from router.tasks import DEFAULT_MODELS, GENERAL, BadTask, TaskTable
 
 facts = st.builds(
     HostFacts,
@@ -81,8 +81,10 @@ def test_taskTable_routesTheSeedsTasksAndGeneralPrefersNothing() -> None:
     assert table.preferred(table.check(None)) is None and table.check("") == GENERAL
     assert table.check(" Refactor ") == "refactor"
     assert {"debug", "analyze", "fix", "clean", "fix_helper", "refactor", GENERAL} <= set(table.tasks())
-    with pytest.raises(UnknownTask, match="unknown task type 'dance'; use one of: analyze, clean"):
-        table.check("dance")
+    assert table.check("Python") == "python" and table.preferred("python") is None  # general work
+    assert table.matches("python", ["python"])  # that still prefers specialists tagged like it
+    with pytest.raises(BadTask, match="printable name"):
+        table.check("x" * 65)
 
 
 def test_taskTable_matchesSpecialtiesAndTakesOverrides() -> None:
