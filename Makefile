@@ -10,15 +10,17 @@ export PATH := $(CURDIR)/build/bin:$(PATH)
 # Slither builds into its own directory so it never races or cleans forge's normal output.
 SLITHER_OUT := build/slither
 
-.PHONY: help setup contracts test test-forge test-py slither lint gas snapshot devnet clean
+.PHONY: help setup contracts test test-forge test-py slither lint gas snapshot devnet demo clean
 
 help:
+	@echo "make demo       the whole network end to end: chain, IPFS, the real model, three nodes, router, a user"
 	@echo "make setup      install npm tools, the Python venv and slither (idempotent)"
 	@echo "make test       forge tests, pytest, slither and the linters"
 	@echo "make contracts  compile and refresh the committed artifacts in chain/artifacts"
 	@echo "make gas        print settlement gas for batches of 1, 10 and 50 receipts"
 	@echo "make snapshot   rewrite the committed gas snapshot (.gas-snapshot)"
 	@echo "make devnet     a local chain with the contracts deployed and test accounts funded"
+	@echo "                (NETWORK=1: the demo's whole network, nodes and router too, left running)"
 	@echo "make kubo       put kubo (ipfs) in build/bin: an installed one, else the pinned build (cached)"
 	@echo "make bench      benchmarks with ratios against their anchors (storage: verify, fetch; node: serving; payment)"
 
@@ -94,7 +96,14 @@ snapshot: node_modules/.installed
 	forge snapshot --match-path $(GAS_TESTS)
 
 devnet: setup
+ifeq ($(NETWORK),1)
+	$(VENV)/bin/python -m scripts.demo --keep-running
+else
 	$(VENV)/bin/python -m scripts.devnet
+endif
+
+demo: setup
+	$(VENV)/bin/python -m scripts.demo
 
 clean:
 	rm -rf build crytic-export .pytest_cache

@@ -5,6 +5,7 @@ committed example. Relative paths are relative to the config file's directory.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,15 @@ class RouterConfig(BaseSettings):
         return self.model_copy(update={"chain": chain, "state_dir": absolute(self.state_dir)})
 
 
+def devnet_chain() -> dict[str, Any]:
+    """The chain settings every script reads from the environment (what `make devnet` exports)."""
+    env = {"rpc_url": os.environ.get("LLM_MESH_RPC_URL"), "deployment": os.environ.get("LLM_MESH_DEPLOYMENT")}
+    return {key: value for key, value in env.items() if value}
+
+
 def build_router_config(path: Path | None = None, **values: Any) -> RouterConfig:
-    """The config from `path` (if given) with `values` on top; RouterConfigError says what is wrong."""
+    """The config from `path` (if given), then $LLM_MESH_RPC_URL / $LLM_MESH_DEPLOYMENT, then
+    `values` on top (LLM_MESH_ROUTER_* variables override all); RouterConfigError says what is wrong."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -108,7 +116,7 @@ def build_router_config(path: Path | None = None, **values: Any) -> RouterConfig
             raise RouterConfigError(f"no router config at {path}") from None
         except json.JSONDecodeError as exc:
             raise RouterConfigError(f"{path} is not valid JSON: {exc}") from None
-    chain = {**data.get("chain", {}), **values.pop("chain", {})}
+    chain = {**data.get("chain", {}), **devnet_chain(), **values.pop("chain", {})}
     try:
         config = RouterConfig(**{**data, **values, "chain": chain})
     except ValidationError as exc:

@@ -29,7 +29,6 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -267,7 +266,9 @@ class MeshClient:
             raise
 
     async def _make(self, base_url: str | None, config: RouterConfig | None, timeout: float) -> Any:
-        backend: Any = _Remote(base_url, timeout) if base_url else _InProcess(config or config_from_env())
+        backend: Any = (
+            _Remote(base_url, timeout) if base_url else _InProcess(config or build_router_config(None))
+        )
         await backend.start()
         return backend
 
@@ -336,17 +337,6 @@ class MeshClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def config_from_env() -> RouterConfig:
-    """The in-process router's config: LLM_MESH_ROUTER_* plus the devnet's LLM_MESH_RPC_URL and
-    LLM_MESH_DEPLOYMENT."""
-    chain: dict[str, Any] = {}
-    if os.environ.get("LLM_MESH_RPC_URL"):
-        chain["rpc_url"] = os.environ["LLM_MESH_RPC_URL"]
-    if os.environ.get("LLM_MESH_DEPLOYMENT"):
-        chain["deployment"] = Path(os.environ["LLM_MESH_DEPLOYMENT"])
-    return build_router_config(None, chain=chain) if chain else build_router_config(None)
 
 
 _default: MeshClient | None = None
