@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import re
 import signal
 
 import httpx
@@ -17,6 +18,8 @@ import pytest
 from chain.accounts import dev_account
 from router.config import build_router_config
 from router.sdk import MeshClient, MeshError, ModelRegistry, ModelResponse
+from scripts import ask
+from scripts.common import UsageError
 from tests.router_fixtures import MODEL, PAYER, Mesh, fund
 
 
@@ -164,3 +167,23 @@ def test_sdk_inProcessAndThroughARunningRouter_answerAlike(mesh: Mesh, tmp_path)
             assert caught.value.status == 404
     owed = mesh.net.market.contract("Settlement").functions.escrowOf(payer.address).call()
     assert owed[0] == 10**18  # nothing settled yet: the nodes hold the receipts
+
+
+def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
+    mesh: Mesh, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    assert ask.main(["def fix", "--task", "fix", "--max-tokens", "8", "--router", mesh.router.url]) == 0
+    out = capsys.readouterr().out
+    served = re.search(
+        r"served by node (0x[0-9a-fA-F]{40}) with tiny-coder: \d+ prompt \+ (\d+) completion", out
+    )
+    assert served and served.group(1) in mesh.nodes and 1 <= int(served.group(2)) <= 8
+    assert re.search(r"cost 0\.0000\d+ MESH", out)
+
+    fund(mesh.net, dev_account(8))  # in process, paying from its own account
+    monkeypatch.setenv("LLM_MESH_ROUTER_STATE_DIR", str(tmp_path / "ask"))
+    chain = ["--rpc-url", mesh.net.rpc_url, "--deployment", str(mesh.net.deployment_file)]
+    assert ask.main(["def add", "--model", MODEL, "--max-tokens", "4", "--dev-account", "8", *chain]) == 0
+    assert "served by node 0x" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="pay with --keystore FILE or --dev-account N"):
+        ask.main(["x", *chain])
