@@ -78,6 +78,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
 def cli(argv: list[str] | None = None) -> None:
     args, values = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe and request is noise
     try:
         config = build_router_config(args.config, **values)
         asyncio.run(serve(config))

@@ -205,9 +205,12 @@ class Router:
         return out
 
     def health(self) -> dict[str, Any]:
+        """The nodes as the router sees them (live health beside what the chain says) and the payer."""
         now = self.book.clock()
+        snapshot = self.chain.registry.snapshot()
         nodes = {
             op: {
+                **_chain_facts(snapshot, op, self.min_stake),
                 "endpoint": h.endpoint,
                 "alive": h.alive(now),
                 "success": round(h.success, 3),
@@ -229,3 +232,17 @@ class Router:
                 "ledgers": self.wallet.ledgers(),
             }
         return answer
+
+
+def _chain_facts(snapshot: RegistrySnapshot, operator: str, min_stake: int) -> dict[str, Any]:
+    node, counters = snapshot.node(operator), snapshot.reputation_of(operator)
+    if node is None:
+        return {}
+    return {
+        "node_id": node.node_id,
+        "stake": str(node.stake),
+        "active": node.registered and node.stake >= min_stake,
+        "hosted_models": list(node.hosted_models),
+        "slashes": counters.slash_count if counters else 0,
+        "receipts_settled": counters.receipts_settled if counters else 0,
+    }

@@ -16,11 +16,15 @@ import openai
 import pytest
 
 from chain.accounts import dev_account
+from chain.tx import TxSender
 from router.config import build_router_config
 from router.sdk import MeshClient, MeshError, ModelRegistry, ModelResponse
 from scripts import ask
 from scripts.common import UsageError
-from tests.router_fixtures import MODEL, PAYER, Mesh, fund
+from storage.daemon import free_port
+from tests.router_fixtures import MODEL, OPERATORS, PAYER, Mesh, fund
+
+OPERATOR_ACCOUNTS = {account.address: account for account in OPERATORS}
 
 
 def ledgers(m: Mesh) -> dict[str, dict[str, str]]:
@@ -187,3 +191,40 @@ def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
     assert "served by node 0x" in capsys.readouterr().out
     with pytest.raises(UsageError, match="pay with --keystore FILE or --dev-account N"):
         ask.main(["x", *chain])
+
+
+def test_chainChanges_reachRoutingWithoutARestart(mesh: Mesh) -> None:
+    """A slash, a moved endpoint and an unbond each change where requests go, as soon as the
+    router's chain view sees the event (Anvil: no confirmations)."""
+    a, b, c = mesh.nodes
+    nodes = mesh.net.nodes
+    client = mesh.router.client()
+
+    def served(n: int = 3) -> set[str]:
+        return {
+            client.completions.create(model=MODEL, prompt="def fix", max_tokens=2).model_extra["llm_mesh"][
+                "node"
+            ]
+            for _ in range(n)
+        }
+
+    stake = nodes.functions.minStake().call()
+    token, sender = mesh.net.market.contract("NetworkToken"), TxSender(mesh.net.w3, OPERATOR_ACCOUNTS[a])
+    mesh.net.admin.send(token.functions.mint(a, stake))
+    sender.send(token.functions.approve(nodes.address, stake))
+    sender.send(nodes.functions.stake(stake))  # twice the minimum: still active after the slash
+    mesh.net.admin.send(nodes.functions.slash(a, stake // 10, "test"))
+    mesh.router.until(lambda: mesh.router.health()["nodes"][a]["slashes"] == 1, what="the slash")
+    assert a not in served()  # trust falls to a quarter: the clean hosts win
+
+    moved = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    TxSender(mesh.net.w3, OPERATOR_ACCOUNTS[b]).send(nodes.functions.updateEndpoint(moved))
+    mesh.router.until(
+        lambda: (n := mesh.router.health()["nodes"][b])["endpoint"] == moved and not n["alive"],
+        what="b's new endpoint probed",
+    )
+    assert served() == {c}
+
+    TxSender(mesh.net.w3, OPERATOR_ACCOUNTS[c]).send(nodes.functions.requestUnbond(stake))
+    mesh.router.until(lambda: not mesh.router.health()["nodes"][c]["active"], what="c's unbond")
+    assert served() == {a}  # slashed, but the only host left with its stake
