@@ -13,13 +13,13 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chain.files import write_atomic
 from chain.units import parse_amount
+from protocol.http import check_endpoint
 
 # The seeds' node requirements. CPU-only nodes are allowed (small models run well on CPUs), so the
 # GPU minimum is a warning, never a refusal.
@@ -49,20 +49,6 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:8090"
 def default_config_path() -> Path:
     """Where the node config lives unless `--config` says otherwise."""
     return Path(os.environ.get(CONFIG_ENV) or Path.home() / ".llm-mesh" / "node.json")
-
-
-def check_endpoint(value: str) -> str:
-    """An http(s) URL with a host (and a valid port), without a trailing slash; ValueError otherwise."""
-    parts = urlsplit(value.strip())
-    try:
-        port_ok = parts.port is None or 0 < parts.port < 65536
-    except ValueError:
-        port_ok = False
-    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-        raise ValueError(
-            f"{value!r} must be an http:// or https:// URL with a host, e.g. http://203.0.113.7:8090"
-        )
-    return value.strip().rstrip("/")
 
 
 class ConfigError(Exception):

@@ -7,12 +7,15 @@ usage_tokens, streamed)` checks the node's receipt and countersigns it; anything
 raises ReceiptRefused and nothing is signed. The checks (what "inflated" means):
 
 - the receipt is for this payer and that node, expires no sooner than `min_expiry_s` from now;
-- its base is the newest receipt this payer countersigned for the node (or a newer one that carries
-  this payer's own signature: a ledger that was lost is adopted from it), signed by the node;
+- its base is a receipt this payer countersigned for the node: the newest, an older one (a
+  concurrent request's receipt had not reached the node yet; the items then bill again what the
+  newer one billed, each request once), or a newer one (a ledger that was lost is adopted from it);
+  no item bills a request twice or one its base already holds;
 - every item is a request this payer authorised to this node and not billed differently before:
   tokens within the auth's max_tokens, price within its cap (and equal to the on-chain price when
   `price_of` knows it), amount = chain.pricing.request_cost(tokens, price);
-- the answered request's item bills exactly the completion tokens its response reported; an item
+- the answered request's item bills exactly the completion tokens its response reported, never
+  more than its auth's max_tokens; an item
   of a request whose answer has not arrived bills at least the text chunks that arrived and at
   most its auth's max_tokens, or, once the payer said it broke off (`broke_off`), at most what
   arrived plus a small slack for tokens in flight;
@@ -44,6 +47,8 @@ from protocol.payment import (
     sign_auth,
 )
 
+MAX_OPEN_AUTHS = 1024  # per node; above it, unbilled auths older than an hour are dropped
+
 
 class ReceiptRefused(Exception):  # noqa: N818 - what happened to the receipt
     """A node receipt this payer will not sign; the message says what did not add up."""
@@ -58,6 +63,7 @@ class AuthRecord:
     streamed: int = 0  # text chunks (or reported tokens) that arrived
     answered: int | None = None  # completion tokens the finished response reported
     ceiling: int | None = None  # for a request that broke off: the most it may be billed
+    billed_in: int | None = None  # cumulative amount of the first countersigned receipt billing it
     billed: Item | None = None
 
 
@@ -118,6 +124,8 @@ class Payer:
             nonce=secrets.randbits(128),
             deadline=int(now) + self.auth_ttl_s,
         )
+        if len(ledger.auths) > MAX_OPEN_AUTHS:
+            self._forget_unbilled(ledger, now - 3600)
         ledger.auths[auth.nonce] = AuthRecord(auth, now)
         headers = {AUTH_HEADER: encode_auth(sign_auth(auth, self.account, self.domain))}
         if ledger.last is not None:
@@ -151,10 +159,13 @@ class Payer:
             raise ReceiptRefused(f"the receipt bills request {billing.request.nonce}, not {nonce}")
         receipt = billing.receipt
         self._check_parties(ledger, receipt, billing)
+        nonces = [item.nonce for item in billing.items]
+        if len(set(nonces)) != len(nonces):
+            raise ReceiptRefused("the receipt bills one request more than once")
         base_tokens, base_amount = self._check_base(ledger, billing.base)
         tokens, amount = base_tokens, base_amount
         for item in billing.items:
-            self._check_item(ledger, item)
+            self._check_item(ledger, item, base_amount)
             tokens, amount = tokens + item.tokens, amount + item.amount
         if billing.items[-1] != billing.request:
             raise ReceiptRefused("the answered request must be the receipt's last item")
@@ -166,7 +177,9 @@ class Payer:
         if amount < ledger.cumulative[1]:
             raise ReceiptRefused("the receipt is below one this payer already countersigned")
         for item in billing.items:
-            ledger.auths[item.nonce].billed = item
+            billed = ledger.auths[item.nonce]
+            if billed.billed is None:
+                billed.billed, billed.billed_in = item, amount
         signed = SignedReceipt(receipt, receipt.sign(self.account, self.domain), billing.node_sig)
         if ledger.last is None or amount > ledger.cumulative[1]:
             ledger.last = signed
@@ -189,11 +202,11 @@ class Payer:
             raise ReceiptRefused(f"the node's signature is invalid: {exc}") from None
 
     def _check_base(self, ledger: NodeLedger, base: SignedReceipt | None) -> tuple[int, int]:
-        mine = ledger.cumulative
+        """The base's cumulative tokens and amount. It may be older than the newest receipt this
+        payer countersigned (a concurrent request's receipt had not reached the node yet): its
+        items then bill again what the newer one did, which `_check_item` allows exactly once."""
         if base is None:
-            if mine != (0, 0):
-                raise ReceiptRefused("the node left out the receipt this payer countersigned last")
-            return mine
+            return 0, 0
         r = base.receipt
         try:
             ours = r.payer == self.address and r.signer(base.payer_sig, self.domain) == self.address
@@ -201,19 +214,19 @@ class Payer:
             ours = False
         if not ours or r.node != ledger.node:
             raise ReceiptRefused("the receipt's base is not one this payer countersigned for this node")
-        if r.cumulative_amount < mine[1]:
-            raise ReceiptRefused("the receipt's base is older than the receipt this payer countersigned last")
-        if r.cumulative_amount > mine[1]:  # a ledger lost here: adopt our own newer signature
+        if r.cumulative_amount > ledger.cumulative[1]:  # a ledger lost here: adopt our own newer signature
             ledger.last = base
         return r.cumulative_tokens, r.cumulative_amount
 
-    def _check_item(self, ledger: NodeLedger, item: Item) -> None:
+    def _check_item(self, ledger: NodeLedger, item: Item, base_amount: int) -> None:
         record = ledger.auths.get(item.nonce)
         if record is None:
             raise ReceiptRefused(f"the receipt bills request {item.nonce}, which this payer never authorised")
         auth = record.auth
         if record.billed is not None and record.billed != item:
             raise ReceiptRefused(f"request {item.nonce} was billed differently before")
+        if record.billed_in is not None and record.billed_in <= base_amount:
+            raise ReceiptRefused(f"request {item.nonce} is already in the receipt's base")
         if item.model_id != auth.model_id:
             raise ReceiptRefused(f"request {item.nonce} was for model {auth.model_id}, not {item.model_id}")
         if item.price_per_1k > auth.max_price_per_1k:
@@ -226,7 +239,7 @@ class Payer:
         if item.amount != request_cost(item.tokens, item.price_per_1k):
             raise ReceiptRefused(f"request {item.nonce}: {item.tokens} tokens cannot cost {item.amount}")
         low = record.streamed if record.answered is None else record.answered
-        high = auth.max_tokens if record.answered is None else record.answered
+        high = auth.max_tokens if record.answered is None else min(record.answered, auth.max_tokens)
         if record.answered is None and record.ceiling is not None:
             high = min(high, record.ceiling)
         if not low <= item.tokens <= high:
@@ -235,11 +248,18 @@ class Payer:
             )
 
     def _prune(self, ledger: NodeLedger, billing: Billing) -> None:
-        """Forget auths the node's base already covers, and stale unbilled ones."""
-        covered = {i.nonce for i in billing.items}
-        stale = self.clock() - 86_400
+        """Forget auths the node's base already covers (it never bills them again), and stale
+        unbilled ones."""
+        base = billing.base.receipt.cumulative_amount if billing.base is not None else -1
         for nonce, record in list(ledger.auths.items()):
-            if record.billed is not None and nonce not in covered:
-                del ledger.auths[nonce]  # billed in a receipt the node has since folded into its base
-            elif record.billed is None and record.created < stale:
+            if record.billed_in is not None and record.billed_in <= base:
+                del ledger.auths[nonce]
+        self._forget_unbilled(ledger, self.clock() - 86_400)
+
+    @staticmethod
+    def _forget_unbilled(ledger: NodeLedger, before: float) -> None:
+        """Drop auths made before `before` that no receipt billed (attempts that never reached the
+        node, or that it never billed): a receipt billing one later is refused."""
+        for nonce, record in list(ledger.auths.items()):
+            if record.billed is None and record.created < before:
                 del ledger.auths[nonce]

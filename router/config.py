@@ -56,6 +56,7 @@ class RouterConfig(BaseSettings):
     connect_timeout_s: float = Field(3.0, gt=0, le=60)
     first_token_timeout_s: float = Field(60.0, gt=0, le=600)
     token_timeout_s: float = Field(60.0, gt=0, le=600)
+    request_timeout_s: float = Field(600.0, gt=0, le=3600)  # a whole non-streamed answer
     probe_interval_s: float = Field(2.0, gt=0, le=600)
     default_max_tokens: int = Field(256, ge=1, le=1_048_576)
     max_body_bytes: int = Field(1 << 20, ge=1024)

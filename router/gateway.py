@@ -24,6 +24,7 @@ from chain.logs import kv as _kv
 from chain.registry import RegistrySnapshot
 from chain.units import format_token
 from protocol.errors import ApiError
+from protocol.http import check_endpoint
 from protocol.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from router.health import HealthBook
 from router.select import Candidate, NoHost, rank
@@ -94,7 +95,9 @@ class Router:
             self._remove_listener = None
 
     def _track(self, snapshot: RegistrySnapshot) -> None:
-        self.book.track({op: n.endpoint for op, n in snapshot.registered_nodes().items() if n.endpoint})
+        self.book.track(
+            {op: n.endpoint for op, n in snapshot.registered_nodes().items() if _usable(n.endpoint)}
+        )
 
     # ---------------------------------------------------------------- requests
 
@@ -232,6 +235,15 @@ class Router:
                 "ledgers": self.wallet.ledgers(),
             }
         return answer
+
+
+def _usable(endpoint: str) -> bool:
+    """Whether an on-chain endpoint is an http(s) URL the router can call (anyone can register one)."""
+    try:
+        check_endpoint(endpoint)
+    except ValueError:
+        return False
+    return True
 
 
 def _chain_facts(snapshot: RegistrySnapshot, operator: str, min_stake: int) -> dict[str, Any]:

@@ -127,6 +127,8 @@ class Prober:
         await asyncio.gather(*(self.probe(op) for op in due))
 
     async def probe(self, operator: str) -> None:
+        """One probe. Whatever the node answers (or whatever its on-chain endpoint holds), the
+        outcome is a success or a failure in the book, never an exception for the prober."""
         h = self.book.get(operator)
         if h is None:
             return
@@ -135,8 +137,8 @@ class Prober:
         try:
             response = await self._client.get(h.endpoint.rstrip("/") + "/health", timeout=self.timeout)
             response.raise_for_status()
-            answer = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            queue, failed = _health_facts(response.json())
+        except Exception as exc:  # a hostile or broken node must not stop the router
             h.probed_at = self.book.clock()
             self.book.failed(operator, f"probe of {redact(h.endpoint)}: {type(exc).__name__}: {exc}")
             return
@@ -144,11 +146,7 @@ class Prober:
             self._probing.discard(operator)
         h.probed_at = self.book.clock()
         h.probe_latency_s = time.monotonic() - started
-        h.queue = _int((answer.get("queue") or {}).get("waiting"))
-        models = answer.get("models") or {}
-        h.failed_models = frozenset(
-            name for name, m in models.items() if isinstance(m, dict) and m.get("state") == "failed"
-        )
+        h.queue, h.failed_models = queue, failed
         self.book.succeeded(operator)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -162,5 +160,16 @@ class Prober:
         await self._client.aclose()
 
 
-def _int(value: object) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
+def _health_facts(answer: object) -> tuple[int, frozenset[str]]:
+    """(queue depth, failed models) from a node's /health answer; ValueError when it is not one."""
+    if not isinstance(answer, dict):
+        raise ValueError("the /health answer is not a JSON object")
+    queue = answer.get("queue")
+    waiting = queue.get("waiting") if isinstance(queue, dict) else 0
+    models = answer.get("models")
+    failed = frozenset(
+        str(name)
+        for name, m in (models.items() if isinstance(models, dict) else ())
+        if isinstance(m, dict) and m.get("state") == "failed"
+    )
+    return (waiting if isinstance(waiting, int) and 0 <= waiting < 1_000_000 else 0), failed

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from chain.registry import RegistrySnapshot
-from router.health import HealthBook, NodeHealth
+from router.health import HealthBook
 from router.scoring import HostFacts, score
 from router.tasks import TaskTable
 
@@ -98,8 +98,11 @@ def _ranked(
         model_id = approved[name]
         for operator in snapshot.hosts_of(model_id):
             node = snapshot.nodes[operator]
-            health = book.get(operator) or NodeHealth(node.endpoint)
-            if node.stake < min_stake or not node.endpoint or name in health.failed_models:
+            health = book.get(operator)
+            # Untracked: an endpoint the router cannot call, or a node registered a moment ago.
+            if health is None or health.endpoint != node.endpoint:
+                continue
+            if node.stake < min_stake or name in health.failed_models:
                 continue
             counters = snapshot.reputation_of(operator)
             facts = HostFacts(

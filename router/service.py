@@ -105,6 +105,7 @@ def build_router(config: RouterConfig) -> tuple[ChainView, RouterService]:
         connect_timeout=config.connect_timeout_s,
         first_token_timeout=config.first_token_timeout_s,
         token_timeout=config.token_timeout_s,
+        request_timeout=config.request_timeout_s,
     )
     router = Router(
         chain,

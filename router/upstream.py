@@ -32,17 +32,32 @@ from protocol.payer import ReceiptRefused
 from protocol.payment import RESPONSE_FIELD, encode_signed_receipt
 from router.health import HealthBook
 from router.select import Candidate
-from router.wallet import Paid, Wallet
+from router.wallet import Paid, Unsent, Wallet
 
 log = logging.getLogger(__name__)
 
-FAILOVER_STATUSES = frozenset({404, 429})
+# Refusals another node may not give: this node's own limits, queue, credit or stale view of the chain.
+NODE_SPECIFIC = frozenset(
+    {
+        "insufficient_escrow",  # counts what the payer owes this node
+        "credit_limit",
+        "settlement_pending",
+        "rate_limited",
+        "wrong_model",
+        "not_found",
+        "model_not_found",
+        "max_tokens_too_large",
+        "context_length_exceeded",
+    }
+)
 
 
 class _TryNext(Exception):  # noqa: N818 - control flow inside failover
-    def __init__(self, reason: str) -> None:
+    """Ask the next host; `mark`: this node failed (back it off), else it only refused this request."""
+
+    def __init__(self, reason: str, mark: bool = True) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.mark = reason, mark
 
 
 @dataclass
@@ -91,9 +106,14 @@ class Upstream:
         connect_timeout: float = 3.0,
         first_token_timeout: float = 60.0,
         token_timeout: float = 60.0,
+        request_timeout: float = 600.0,
     ) -> None:
+        """`first_token_timeout`: from sending a streamed request to its first event (queueing and
+        prefill included); `token_timeout`: between later events; `request_timeout`: a whole
+        non-streamed answer."""
         self.book, self.wallet, self.attempts = book, wallet, attempts
         self.first_token_timeout = first_token_timeout
+        self._request_timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
         timeout = httpx.Timeout(token_timeout, connect=connect_timeout)
         self._client = client or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
 
@@ -110,18 +130,15 @@ class Upstream:
         for candidate in candidates[: self.attempts]:
             served, request, headers = self._prepare(candidate, body, tried)
             try:
-                response = await self._post(candidate, path, request, headers)
-                answer = response.json()
+                answer = await self._post(candidate, path, request, headers)
+                billing = answer.pop(RESPONSE_FIELD, None)
+                tokens = _tokens(answer.get("usage"))
             except _TryNext as exc:
-                self._failed(served, exc.reason, tried)
+                self._failed(served, exc.reason, tried, exc.mark)
                 continue
-            except ValueError:
-                self._failed(served, "the node's answer is not JSON", tried)
+            except (ValueError, TypeError, AttributeError):
+                self._failed(served, f"{candidate.operator}: a malformed answer", tried, True)
                 continue
-            if response.status_code != 200:
-                raise _passed_through(response, answer)
-            billing = answer.pop(RESPONSE_FIELD, None)
-            tokens = int((answer.get("usage") or {}).get("completion_tokens") or 0)
             self._pay(served, billing, tokens)
             self.book.succeeded(candidate.operator, ttft_s=None)
             answer[RESPONSE_FIELD] = served.summary()
@@ -139,10 +156,16 @@ class Upstream:
             served, request, headers = self._prepare(candidate, body, tried)
             request["stream_options"] = {"include_usage": True}
             try:
-                return await self._first_event(served, path, request, headers, want_usage)
+                return await asyncio.wait_for(
+                    self._first_event(served, path, request, headers, want_usage), self.first_token_timeout
+                )
+            except TimeoutError:
+                self._inflight(candidate, -1)
+                reason = f"{candidate.operator}: no first event within {self.first_token_timeout:g} s"
+                self._failed(served, reason, tried, True)
             except _TryNext as exc:
                 self._inflight(candidate, -1)
-                self._failed(served, exc.reason, tried)
+                self._failed(served, exc.reason, tried, exc.mark)
             except BaseException:
                 self._inflight(candidate, -1)
                 raise
@@ -151,6 +174,7 @@ class Upstream:
     async def _first_event(
         self, served: Served, path: str, request: dict, headers: dict[str, str], want_usage: bool
     ) -> OpenStream:
+        """Send, and read up to the first event; _TryNext when another host should be asked."""
         candidate = served.candidate
         url = f"{candidate.endpoint.rstrip('/')}/v1/{path}"
         try:
@@ -161,15 +185,15 @@ class Upstream:
             raise _TryNext(f"{candidate.operator}: {type(exc).__name__}: {exc}") from None
         try:
             if response.status_code != 200:
-                raw = await response.aread()
-                if _fails_over(response.status_code):
-                    raise _TryNext(f"{candidate.operator}: HTTP {response.status_code}")
-                raise _passed_through(response, _json(raw))
+                raise _refused(candidate, response, _json(await response.aread()))
             lines = response.aiter_lines()
-            first = await asyncio.wait_for(_next_event(lines), self.first_token_timeout)
+            first = await _next_event(lines)
             if first is None:
                 raise httpx.RemoteProtocolError("the stream ended before its first event")
-        except (TimeoutError, httpx.HTTPError) as exc:
+            if '"error"' in first and isinstance(event := json.loads(first), dict) and "error" in event:
+                # Nothing reached the client yet: a node failing at once (a lost worker) is passed over.
+                raise _TryNext(f"{candidate.operator}: {str(event['error'])[:200]}")
+        except (httpx.HTTPError, ValueError) as exc:
             await response.aclose()
             raise _TryNext(f"{candidate.operator}: no first event ({type(exc).__name__})") from None
         except BaseException:
@@ -193,13 +217,15 @@ class Upstream:
                     ended = "done"
                     break
                 event = json.loads(data)
+                if not isinstance(event, dict):
+                    raise ValueError("an event that is not a JSON object")
                 if "error" in event:  # the node ended the stream with an error: pass it on
                     ended = "error"
                     self.book.failed(served.candidate.operator, f"stream error: {event['error']}")
                     yield sse.event(event)
                     break
                 if event.get("usage") and not event.get("choices"):
-                    tokens = int(event["usage"].get("completion_tokens") or 0)
+                    tokens = _tokens(event["usage"])
                     if stream.want_usage:
                         held.append(event)
                 elif RESPONSE_FIELD in event:
@@ -211,7 +237,7 @@ class Upstream:
                 data = await _next_event(stream.lines)
             if not ended:
                 self.book.failed(served.candidate.operator, "stream ended without [DONE]")
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as exc:
             self.book.failed(served.candidate.operator, f"stream broke off: {type(exc).__name__}: {exc}")
         except BaseException:  # the client went away (the generator was closed or cancelled)
             self._broke_off(served)
@@ -242,27 +268,31 @@ class Upstream:
 
     # ---------------------------------------------------------------- receipts no request carried
 
-    async def deliver_receipts(self, idle_s: float) -> int:
+    async def deliver_receipts(self, idle_s: float, timeout: float = 5.0) -> int:
         """POST /v1/receipts for every countersigned receipt no request carried to its node for
-        `idle_s` seconds (so the node can settle it); how many were stored."""
+        `idle_s` seconds (so the node can settle it), to all nodes at once; how many were stored."""
         if self.wallet is None:
             return 0
-        stored = 0
-        for unsent in self.wallet.unsent(idle_s):
-            url = f"{unsent.endpoint.rstrip('/')}/v1/receipts"
-            try:
-                response = await self._client.post(url, json=encode_signed_receipt(unsent.receipt))
-            except httpx.HTTPError as exc:
-                log.info(_kv("upstream.receipt_not_delivered", node=unsent.node, reason=type(exc).__name__))
-                continue
-            if response.status_code == 200:
-                self.wallet.delivered(unsent)
-                stored += 1
-            else:
-                log.warning(
-                    _kv("upstream.receipt_refused_by_node", node=unsent.node, status=response.status_code)
-                )
-        return stored
+        results = await asyncio.gather(*(self._deliver(u, timeout) for u in self.wallet.unsent(idle_s)))
+        return sum(results)
+
+    async def _deliver(self, unsent: Unsent, timeout: float) -> bool:
+        assert self.wallet is not None
+        url = f"{unsent.endpoint.rstrip('/')}/v1/receipts"
+        try:
+            response = await self._client.post(
+                url, json=encode_signed_receipt(unsent.receipt), timeout=timeout
+            )
+        except httpx.HTTPError as exc:
+            log.info(_kv("upstream.receipt_not_delivered", node=unsent.node, reason=type(exc).__name__))
+            return False
+        if response.status_code != 200:
+            log.warning(
+                _kv("upstream.receipt_refused_by_node", node=unsent.node, status=response.status_code)
+            )
+            return False
+        self.wallet.delivered(unsent)
+        return True
 
     # ---------------------------------------------------------------- shared steps
 
@@ -282,21 +312,27 @@ class Upstream:
 
     async def _post(
         self, candidate: Candidate, path: str, request: dict, headers: dict[str, str]
-    ) -> httpx.Response:
+    ) -> dict[str, Any]:
         url = f"{candidate.endpoint.rstrip('/')}/v1/{path}"
         try:
-            response = await self._client.post(url, json=request, headers=headers)
+            response = await self._client.post(
+                url, json=request, headers=headers, timeout=self._request_timeout
+            )
         except httpx.HTTPError as exc:
             raise _TryNext(f"{candidate.operator}: {type(exc).__name__}: {exc}") from None
         finally:
             self._inflight(candidate, -1)
-        if _fails_over(response.status_code):
-            raise _TryNext(f"{candidate.operator}: HTTP {response.status_code}")
-        return response
+        answer = _json(response.content)
+        if response.status_code != 200:
+            raise _refused(candidate, response, answer)
+        if not isinstance(answer, dict):
+            raise ValueError("the answer is not a JSON object")
+        return answer
 
-    def _failed(self, served: Served, reason: str, tried: list[str]) -> None:
+    def _failed(self, served: Served, reason: str, tried: list[str], mark: bool) -> None:
+        """`mark`: the node failed (backed off), not only refused this one request."""
         tried.append(reason)
-        if not reason.endswith("HTTP 429") and not reason.endswith("HTTP 404"):
+        if mark:
             self.book.failed(served.candidate.operator, reason)
         self._broke_off(served)
         log.info(_kv("upstream.failover", node=served.candidate.operator, reason=reason[:200]))
@@ -307,12 +343,11 @@ class Upstream:
         try:
             c = served.candidate
             served.paid = self.wallet.answered(c.operator, c.endpoint, served.nonce, billing, tokens)
-        except ReceiptRefused as exc:
+        except Exception as exc:  # ReceiptRefused, or a receipt too malformed to read
+            reason = str(exc) if isinstance(exc, ReceiptRefused) else f"{type(exc).__name__}: {exc}"
             # The client has its answer; the node gets no signature and no more requests for a while.
-            self.book.failed(served.candidate.operator, f"receipt refused: {exc}")
-            log.warning(
-                _kv("upstream.receipt_refused", node=served.candidate.operator, reason=str(exc)[:300])
-            )
+            self.book.failed(served.candidate.operator, f"receipt refused: {reason}")
+            log.warning(_kv("upstream.receipt_refused", node=served.candidate.operator, reason=reason[:300]))
 
     def _broke_off(self, served: Served) -> None:
         if self.wallet is not None:
@@ -324,8 +359,27 @@ class Upstream:
             health.inflight = max(0, health.inflight + delta)
 
 
-def _fails_over(status: int) -> bool:
-    return status >= 500 or status in FAILOVER_STATUSES
+def _refused(candidate: Candidate, response: httpx.Response, answer: Any) -> Exception:
+    """What a non-200 answer means: the next host (_TryNext) or the client's answer (ApiError)."""
+    status = response.status_code
+    error = answer.get("error") if isinstance(answer, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    reason = f"{candidate.operator}: HTTP {status}" + (f" {code}" if code else "")
+    if status >= 500:
+        return _TryNext(reason)
+    if status in (404, 429) or code in NODE_SPECIFIC:
+        # credit_limit: the node holds receipts this payer refused to sign; leave it alone a while.
+        return _TryNext(reason, mark=code == "credit_limit")
+    return _passed_through(response, answer)
+
+
+def _tokens(usage: Any) -> int:
+    if not isinstance(usage, dict):
+        raise ValueError("usage is not an object")
+    tokens = usage.get("completion_tokens") or 0
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"completion_tokens {tokens!r} is not a count")
+    return tokens
 
 
 def _has_text(choice: dict[str, Any]) -> bool:

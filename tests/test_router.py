@@ -176,6 +176,7 @@ def test_sdk_inProcessAndThroughARunningRouter_answerAlike(mesh: Mesh, tmp_path)
 def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
     mesh: Mesh, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
+    fund(mesh.net, dev_account(8))  # for the in-process ask below (funded first: the nodes see it sooner)
     assert ask.main(["def fix", "--task", "fix", "--max-tokens", "8", "--router", mesh.router.url]) == 0
     out = capsys.readouterr().out
     served = re.search(
@@ -184,7 +185,6 @@ def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
     assert served and served.group(1) in mesh.nodes and 1 <= int(served.group(2)) <= 8
     assert re.search(r"cost 0\.0000\d+ MESH", out)
 
-    fund(mesh.net, dev_account(8))  # in process, paying from its own account
     monkeypatch.setenv("LLM_MESH_ROUTER_STATE_DIR", str(tmp_path / "ask"))
     chain = ["--rpc-url", mesh.net.rpc_url, "--deployment", str(mesh.net.deployment_file)]
     assert ask.main(["def add", "--model", MODEL, "--max-tokens", "4", "--dev-account", "8", *chain]) == 0

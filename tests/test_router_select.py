@@ -4,6 +4,9 @@ tests/test_router.py."""
 
 from __future__ import annotations
 
+import asyncio
+import http.server
+import threading
 from types import MappingProxyType
 
 import pytest
@@ -11,7 +14,7 @@ from eth_utils import to_checksum_address
 
 from chain.registry import APPROVED, RegistrySnapshot
 from chain.views import ModelInfo, NodeInfo, Reputation
-from router.health import HealthBook
+from router.health import HealthBook, Prober
 from router.select import NoHost, rank
 from router.tasks import TaskTable
 
@@ -130,3 +133,52 @@ def test_healthBook_backsOffAFailingNodeLongerEachTimeAndASuccessRestoresIt() ->
     assert book.get(A).failures == 0 and book.get(A).latency_s == 0.05
     book.track({A: "http://127.0.0.1:2"})  # a new endpoint on chain starts afresh
     assert book.get(A).endpoint == "http://127.0.0.1:2" and book.get(A).ttft_s is None
+
+
+class _Hostile(http.server.BaseHTTPRequestHandler):
+    """A node whose /health answers what it likes (set `body` on the class)."""
+
+    body = b"[]"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("body", "fails"),
+    [
+        (b"[]", True),
+        (b"not json", True),
+        (b'{"queue": 1, "models": []}', False),
+        (b'{"queue": {"waiting": -5}}', False),
+    ],
+)
+def test_prober_aHostileHealthAnswerIsAFailureNeverAnException(body: bytes, fails: bool) -> None:
+    """Not a JSON object: a failed probe. An object with nonsense fields: read as empty ones."""
+    _Hostile.body = body
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        book = HealthBook()
+        book.track({A: f"http://127.0.0.1:{server.server_address[1]}", B: "http://[::1"})
+
+        async def probe() -> None:
+            prober = Prober(book, timeout=5)
+            await prober.probe_all()
+            await prober.close()
+
+        asyncio.run(probe())
+        hostile = book.get(A)
+        assert hostile.failures == int(fails) and hostile.alive(book.clock()) is not fails
+        assert hostile.queue == 0 and hostile.failed_models == frozenset()
+        assert book.get(B).failures == 1  # an endpoint that is not a URL fails its probe too
+    finally:
+        server.shutdown()
+        server.server_close()
