@@ -22,7 +22,7 @@ help:
 	@echo "make devnet     a local chain with the contracts deployed and test accounts funded"
 	@echo "                (NETWORK=1: the demo's whole network, nodes and router too, left running)"
 	@echo "make kubo       put kubo (ipfs) in build/bin: an installed one, else the pinned build (cached)"
-	@echo "make bench      benchmarks with ratios against their anchors (storage: verify, fetch; node: serving; payment)"
+	@echo "make bench      benchmarks with ratios against their anchors (storage: verify, fetch; node: serving; payment; router)"
 
 setup: node_modules/.installed $(VENV)/.installed $(SLITHER_VENV)/.installed
 
@@ -110,7 +110,7 @@ clean:
 
 # kubo: an installed `ipfs` when there is one, else kubo at the version pinned in tools/kubo/go.mod,
 # built once with Go (several minutes) and cached in ~/.cache/llm-mesh/kubo-<version>/ for later runs.
-.PHONY: kubo bench bench-storage bench-node bench-payment
+.PHONY: kubo bench bench-storage bench-node bench-payment bench-router
 KUBO := build/bin/ipfs
 setup: kubo
 kubo: $(KUBO)
@@ -118,10 +118,12 @@ $(KUBO): tools/kubo/go.mod tools/kubo/go.sum tools/kubo/build.sh
 	tools/kubo/build.sh $@
 
 # Benchmarks print ratios against their anchors (measured side by side in one run).
-bench: bench-storage bench-node bench-payment
+bench: bench-storage bench-node bench-payment bench-router
 bench-storage: $(VENV)/.installed $(KUBO)
 	$(VENV)/bin/python bench/storage_bench.py
 bench-node: $(VENV)/.installed
 	$(VENV)/bin/python bench/node_bench.py
 bench-payment: $(VENV)/.installed
 	$(VENV)/bin/python -m bench.payment_bench
+bench-router: $(VENV)/.installed $(KUBO)
+	$(VENV)/bin/python -m bench.router_bench

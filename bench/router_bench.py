@@ -153,7 +153,8 @@ def failover(
         router.wait_for(
             router_url + "/health", lambda h: all(n["alive"] for n in h["nodes"].values()), "both alive"
         )
-        direct.request(victim, False)  # loads the restarted node's model before it is timed again
+        for stream in (False, True):  # a fresh process: load the model, run both paths once
+            direct.request(victim, stream)
     return normal, after_kill
 
 
@@ -174,11 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=400, help="requests per path and kind")
     parser.add_argument("--kills", type=int, default=5, help="failover rounds")
+    parser.add_argument("--keep", type=Path, help="run in this directory and keep its logs")
     args = parser.parse_args(argv)
     from tests.gguf_models import write_tiny_llama
 
-    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-bench-")))
+        work.mkdir(parents=True, exist_ok=True)
         anvil, w3 = start_anvil(work / "chain", free_port())
         kubo = start_kubo(work)
         nodes: list[Node] = []
@@ -231,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             with httpx.Client(timeout=60) as client:
                 direct = Direct(Payer(dev_account(DIRECT_PAYER), domain), client, model_id, price)
                 for node in nodes:  # models load on their first request: load both before timing
-                    direct.request(node, False)
+                    for stream in (False, True):
+                        direct.request(node, stream)
                 print(f"{'':22} {'p50 / p99 ms':>22}")
                 row("non-streamed", *latency(client, router_url, direct, by_address, args.rounds, False))
                 row("streamed, TTFT", *latency(client, router_url, direct, by_address, args.rounds, True))

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chain.files import write_atomic
 from chain.units import parse_amount
-from protocol.http import check_endpoint
+from protocol.endpoints import check_endpoint
 
 # The seeds' node requirements. CPU-only nodes are allowed (small models run well on CPUs), so the
 # GPU minimum is a warning, never a refusal.

@@ -23,8 +23,8 @@ from chain.chainview import ChainView
 from chain.logs import kv as _kv
 from chain.registry import RegistrySnapshot
 from chain.units import format_token
+from protocol.endpoints import check_endpoint
 from protocol.errors import ApiError
-from protocol.http import check_endpoint
 from protocol.openai import ChatCompletionRequest, CompletionRequest, parse_request
 from router.health import HealthBook
 from router.select import Candidate, NoHost, rank

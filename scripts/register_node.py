@@ -11,7 +11,7 @@ import sys
 from web3 import Web3
 
 from chain.units import format_token
-from protocol.http import check_endpoint
+from protocol.endpoints import check_endpoint
 from scripts.common import Session, UsageError, connect, node_config, parse_amount, parser, run
 
 

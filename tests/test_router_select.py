@@ -17,6 +17,7 @@ from chain.views import ModelInfo, NodeInfo, Reputation
 from router.health import HealthBook, Prober
 from router.select import NoHost, rank
 from router.tasks import TaskTable
+from tests.conftest import ROOT
 
 MIN_STAKE = 1_000 * 10**18
 NOW = 1_800_000_000.0
@@ -182,3 +183,12 @@ def test_prober_aHostileHealthAnswerIsAFailureNeverAnException(body: bytes, fail
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_routerSampleConfig_loads() -> None:
+    from router.config import build_router_config
+
+    config = build_router_config(ROOT / "router" / "config.sample.json")
+    assert config.port == 8100 and config.tasks == {"fix": "codellama-7b"}
+    assert config.chain.keystore == ROOT / "router" / "payer-keystore.json"  # relative to the file
+    assert config.state_dir.is_absolute() and config.low_escrow_units == 10**18
