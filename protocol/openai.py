@@ -161,6 +161,11 @@ def parse_request(kind: type[Request], body: bytes) -> Request:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
+    return validate_request(kind, data)
+
+
+def validate_request(kind: type[Request], data: Any) -> Request:
+    """Validate a parsed JSON body as `kind`, or raise a 400 ApiError naming the first bad field."""
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     try:

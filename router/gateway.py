@@ -13,7 +13,6 @@ because each signed auth caps what the node may bill.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from chain.registry import RegistrySnapshot
 from chain.units import format_token
 from protocol.endpoints import check_endpoint
 from protocol.errors import ApiError
-from protocol.openai import ChatCompletionRequest, CompletionRequest, parse_request
+from protocol.openai import ChatCompletionRequest, CompletionRequest, validate_request
 from router.health import HealthBook
 from router.select import Candidate, NoHost, rank
 from router.tasks import BadTask, TaskTable
@@ -116,7 +115,7 @@ class Router:
         data.setdefault("model", AUTO)
         kind = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
         # The node's own validation, so a bad request reads the same from the router.
-        request = parse_request(kind, json.dumps(data).encode())
+        request = validate_request(kind, data)
         # Completions keep OpenAI's default of 16; chat without a limit gets the router's.
         data["max_tokens"] = request.max_tokens if request.max_tokens is not None else self.default_max_tokens
         data.pop("max_completion_tokens", None)

@@ -17,6 +17,7 @@ from protocol.service import Service
 from router.config import RouterConfig, RouterConfigError
 from router.gateway import Router
 from router.health import HealthBook, Prober
+from router.ledger import LedgerStore
 from router.tasks import TaskTable
 from router.upstream import Upstream
 from router.wallet import Wallet
@@ -32,6 +33,7 @@ class RouterService(Service):
     def __init__(self, router: Router, prober: Prober, config: RouterConfig) -> None:
         self.router, self.prober, self.config = router, prober, config
         self._stop = asyncio.Event()
+        self.store: LedgerStore | None = None
 
     async def start(self) -> None:
         if self.config.payments:
@@ -60,12 +62,16 @@ class RouterService(Service):
             return None if escrow is None else escrow.spendable
 
         payer = Payer(account, domain, price_of=price_of)
-        log.info("event=wallet_ready payer=%s", account.address)
+        name = f"ledger-{domain.chain_id}-{domain.settlement.lower()}-{account.address.lower()}.sqlite"
+        self.store = LedgerStore(self.config.state_dir / name)
+        nodes = self.store.load_into(payer)
+        log.info("event=wallet_ready payer=%s ledger=%s nodes=%d", account.address, self.store.path, nodes)
         return Wallet(
             payer,
             spendable=spendable,
             low_escrow=self.config.low_escrow_units,
             in_flight_slack=self.config.in_flight_slack,
+            store=self.store,
         )
 
     async def run(self) -> None:
@@ -85,6 +91,8 @@ class RouterService(Service):
         await self.router.upstream.deliver_receipts(0)  # what the nodes would otherwise never get
         await self.router.upstream.close()
         await self.prober.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def build_router(config: RouterConfig) -> tuple[ChainView, RouterService]:

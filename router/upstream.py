@@ -185,7 +185,7 @@ class Upstream:
             raise _TryNext(f"{candidate.operator}: {type(exc).__name__}: {exc}") from None
         try:
             if response.status_code != 200:
-                raise _refused(candidate, response, _json(await response.aread()))
+                raise _refused(candidate, response, _json(await response.aread()), self._funded())
             lines = response.aiter_lines()
             first = await _next_event(lines)
             if first is None:
@@ -324,7 +324,7 @@ class Upstream:
             self._inflight(candidate, -1)
         answer = _json(response.content)
         if response.status_code != 200:
-            raise _refused(candidate, response, answer)
+            raise _refused(candidate, response, answer, self._funded())
         if not isinstance(answer, dict):
             raise ValueError("the answer is not a JSON object")
         return answer
@@ -353,21 +353,27 @@ class Upstream:
         if self.wallet is not None:
             self.wallet.broke_off(served.candidate.operator, served.nonce, served.chunks)
 
+    def _funded(self) -> bool:
+        left = self.wallet.spendable() if self.wallet is not None else None
+        return left is not None and left > 0
+
     def _inflight(self, candidate: Candidate, delta: int) -> None:
         health = self.book.get(candidate.operator)
         if health is not None:
             health.inflight = max(0, health.inflight + delta)
 
 
-def _refused(candidate: Candidate, response: httpx.Response, answer: Any) -> Exception:
-    """What a non-200 answer means: the next host (_TryNext) or the client's answer (ApiError)."""
+def _refused(candidate: Candidate, response: httpx.Response, answer: Any, funded: bool = False) -> Exception:
+    """What a non-200 answer means: the next host (_TryNext) or the client's answer (ApiError).
+    `funded`: the router's own chain view shows spendable escrow, so a node saying there is none
+    is behind the chain (a deposit it has not seen yet) and another node may know better."""
     status = response.status_code
     error = answer.get("error") if isinstance(answer, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     reason = f"{candidate.operator}: HTTP {status}" + (f" {code}" if code else "")
     if status >= 500:
         return _TryNext(reason)
-    if status in (404, 429) or code in NODE_SPECIFIC:
+    if status in (404, 429) or code in NODE_SPECIFIC or (funded and code == "no_escrow"):
         # credit_limit: the node holds receipts this payer refused to sign; leave it alone a while.
         return _TryNext(reason, mark=code == "credit_limit")
     return _passed_through(response, answer)

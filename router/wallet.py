@@ -6,7 +6,8 @@ that asks more is refused by the payer library, never paid). The node's receipt 
 with the answer is checked and countersigned; the countersigned receipt rides with the next
 request to that node. A receipt that does not add up is refused (ReceiptRefused) and the router
 stops using that node for a while. When the payer's spendable escrow falls under `low_escrow`
-the wallet logs a warning once per crossing, and /health shows it.
+the wallet logs a warning once per crossing, and /health shows it. With a `LedgerStore` the
+ledgers persist (router.ledger), so a restart forgets no request it authorised.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from chain.receipts import SignedReceipt, checksum_address
 from chain.units import format_token
 from protocol.payer import Payer, ReceiptRefused
 from protocol.payment import RECEIPT_HEADER, Billing, PaymentFormatError
+from router.ledger import LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,14 @@ class Wallet:
         spendable: Callable[[], int | None] | None = None,
         low_escrow: int = 0,
         in_flight_slack: int = 4,
+        store: LedgerStore | None = None,
     ) -> None:
         """`spendable`: the payer's escrow balance minus what is unlocking, from the chain view
         (None: unknown); `low_escrow`: warn below this many token base units; `in_flight_slack`:
-        tokens a cut stream may be billed beyond what arrived."""
+        tokens a cut stream may be billed beyond what arrived; `store`: where the ledgers persist
+        (router.ledger; None: memory only)."""
         self.in_flight_slack = in_flight_slack
+        self.store = store
         self.payer = payer
         self.address = payer.address
         self._spendable = spendable or (lambda: None)
@@ -71,8 +76,13 @@ class Wallet:
     def authorize(
         self, node: str, model_id: int, max_tokens: int, price_per_1k: int
     ) -> tuple[int, dict[str, str]]:
-        """(nonce, headers) for one attempt at `node`."""
-        return self.payer.authorize(node, model_id, max_tokens, price_per_1k)
+        """(nonce, headers) for one attempt at `node` (with the newest countersigned receipt)."""
+        nonce, headers = self.payer.authorize(node, model_id, max_tokens, price_per_1k)
+        if self.store is not None:  # before the request leaves: its receipt may outlive this process
+            ledger = self.payer.ledger(node)
+            self.store.save_auth(ledger.node, ledger.auths[nonce])
+        self.carried(node, headers)
+        return nonce, headers
 
     def answered(self, node: str, endpoint: str, nonce: int, billing: Any, completion_tokens: int) -> Paid:
         """Check and countersign the receipt of an answered request; ReceiptRefused when it does
@@ -82,7 +92,11 @@ class Wallet:
             decoded = Billing.decode(billing)
         except PaymentFormatError as exc:
             raise ReceiptRefused(f"the node's receipt is malformed: {exc}") from None
-        signed = self.payer.accept(node, nonce, decoded, completion_tokens)
+        try:
+            signed = self.payer.accept(node, nonce, decoded, completion_tokens)
+        finally:
+            if self.store is not None:
+                self.store.save_ledger(self.payer.ledger(node))
         self._unsent[signed.receipt.node] = Unsent(node, endpoint, signed, time.monotonic())
         self._check_escrow()
         return Paid(node, decoded.request.tokens, decoded.request.amount, signed.receipt.cumulative_amount)
@@ -115,6 +129,9 @@ class Wallet:
         """A request that ended without its answer after `chunks` text chunks: it may be billed
         for those and at most `in_flight_slack` more (written by the node, cut on the way)."""
         self.payer.broke_off(node, nonce, chunks, self.in_flight_slack)
+        ledger = self.payer.ledger(node)
+        if self.store is not None and nonce in ledger.auths:
+            self.store.save_auth(ledger.node, ledger.auths[nonce])
 
     def spendable(self) -> int | None:
         return self._spendable()

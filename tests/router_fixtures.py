@@ -28,6 +28,9 @@ from tests.market_fixtures import Daemon, Net
 
 PAYER_INDEX = 4
 PAYER = dev_account(PAYER_INDEX)
+# Payers that pay without the fixture's router (the SDK in process, ask.py): one account per router.
+SDK_PAYER_INDEX, ASK_PAYER_INDEX = 7, 8
+SDK_PAYER, ASK_PAYER = dev_account(SDK_PAYER_INDEX), dev_account(ASK_PAYER_INDEX)
 OPERATORS = (dev_account(1), dev_account(5), dev_account(6))
 DEPOSIT = 10**18  # 1 MESH
 MODEL = "tiny-coder"
@@ -135,7 +138,8 @@ def _children(pid: int) -> list[int]:
 
 @pytest.fixture
 def mesh(net: Net, daemon_factory, tmp_path: Path) -> Iterator[Mesh]:
-    fund(net)
+    for payer in (PAYER, SDK_PAYER, ASK_PAYER):  # before the nodes start: they load every escrow then
+        fund(net, payer)
     model = write_tiny_llama(tmp_path / "tiny-coder.gguf", seed=5, name=MODEL, context=4096)
     model_id = asyncio.run(net.publish(MODEL, model))
     nodes: dict[str, Daemon] = {}
@@ -152,9 +156,9 @@ def mesh(net: Net, daemon_factory, tmp_path: Path) -> Iterator[Mesh]:
         )
     for node in nodes.values():
         node.until(lambda node=node: MODEL in node.models(), what="the node to serve")
-    router = RouterProcess(net, tmp_path / "router")
+    m = Mesh(net, model_id, nodes, RouterProcess(net, tmp_path / "router"))
     try:
-        router.until(lambda: router.alive() == set(nodes), what="the router to see three live nodes")
-        yield Mesh(net, model_id, nodes, router)
+        m.router.until(lambda: m.router.alive() == set(nodes), what="the router to see three live nodes")
+        yield m
     finally:
-        router.stop()
+        m.router.stop()  # the one running now (a test may have restarted it)

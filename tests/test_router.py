@@ -15,14 +15,22 @@ import httpx
 import openai
 import pytest
 
-from chain.accounts import dev_account
 from chain.tx import TxSender
 from router.config import build_router_config
 from router.sdk import MeshClient, MeshError, ModelRegistry, ModelResponse
 from scripts import ask
 from scripts.common import UsageError
 from storage.daemon import free_port
-from tests.router_fixtures import MODEL, OPERATORS, PAYER, Mesh, fund
+from tests.router_fixtures import (
+    ASK_PAYER_INDEX,
+    MODEL,
+    OPERATORS,
+    PAYER,
+    SDK_PAYER,
+    SDK_PAYER_INDEX,
+    Mesh,
+    RouterProcess,
+)
 
 OPERATOR_ACCOUNTS = {account.address: account for account in OPERATORS}
 
@@ -142,9 +150,12 @@ def _worker_pid(mesh: Mesh, operator: str) -> int:
 
 
 def test_sdk_inProcessAndThroughARunningRouter_answerAlike(mesh: Mesh, tmp_path) -> None:
-    payer = dev_account(7)  # its own payer: one payer's ledger belongs to one router at a time
-    fund(mesh.net, payer)
-    chain = {"rpc_url": mesh.net.rpc_url, "deployment": mesh.net.deployment_file, "dev_account": 7}
+    payer = SDK_PAYER  # its own payer: one payer's ledger belongs to one router at a time
+    chain = {
+        "rpc_url": mesh.net.rpc_url,
+        "deployment": mesh.net.deployment_file,
+        "dev_account": SDK_PAYER_INDEX,
+    }
     config = build_router_config(None, chain=chain, state_dir=tmp_path / "sdk", probe_interval_s=0.5)
     with MeshClient(config=config) as local, MeshClient(mesh.router.url) as remote:
         for client in (local, remote):
@@ -176,7 +187,6 @@ def test_sdk_inProcessAndThroughARunningRouter_answerAlike(mesh: Mesh, tmp_path)
 def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
     mesh: Mesh, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    fund(mesh.net, dev_account(8))  # for the in-process ask below (funded first: the nodes see it sooner)
     assert ask.main(["def fix", "--task", "fix", "--max-tokens", "8", "--router", mesh.router.url]) == 0
     out = capsys.readouterr().out
     served = re.search(
@@ -187,7 +197,8 @@ def test_askScript_printsTheAnswerWhoServedItTokensAndCost(
 
     monkeypatch.setenv("LLM_MESH_ROUTER_STATE_DIR", str(tmp_path / "ask"))
     chain = ["--rpc-url", mesh.net.rpc_url, "--deployment", str(mesh.net.deployment_file)]
-    assert ask.main(["def add", "--model", MODEL, "--max-tokens", "4", "--dev-account", "8", *chain]) == 0
+    account = ["--dev-account", str(ASK_PAYER_INDEX)]
+    assert ask.main(["def add", "--model", MODEL, "--max-tokens", "4", *account, *chain]) == 0
     assert "served by node 0x" in capsys.readouterr().out
     with pytest.raises(UsageError, match="pay with --keystore FILE or --dev-account N"):
         ask.main(["x", *chain])
@@ -228,3 +239,30 @@ def test_chainChanges_reachRoutingWithoutARestart(mesh: Mesh) -> None:
     TxSender(mesh.net.w3, OPERATOR_ACCOUNTS[c]).send(nodes.functions.requestUnbond(stake))
     mesh.router.until(lambda: not mesh.router.health()["nodes"][c]["active"], what="c's unbond")
     assert served() == {a}  # slashed, but the only host left with its stake
+
+
+def test_aRouterKilledMidStream_restartsWithItsLedgerAndSignsTheCutRequestsBill(mesh: Mesh) -> None:
+    """kill -9 of the router while a stream runs: the node bills what it sent in its next receipt,
+    and the restarted router, which knows that request's auth from its ledger file, countersigns it
+    instead of refusing a request it would otherwise have forgotten."""
+    only, *others = mesh.nodes
+    for operator in others:
+        assert mesh.nodes[operator].stop() == 0
+    mesh.router.until(lambda: mesh.router.alive() == {only}, what="one node left")
+    body = {"model": MODEL, "prompt": "def fix", "max_tokens": 2000, "temperature": 0, "stream": True}
+    with httpx.stream("POST", mesh.router.url + "/v1/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
+                mesh.router.proc.kill()  # kill -9 with the stream running
+                break
+    mesh.router.proc.wait(10)
+    home = mesh.router.log.parent
+    mesh.router = RouterProcess(mesh.net, home)
+    mesh.router.until(lambda: mesh.router.alive() == {only}, what="the restarted router")
+    answer = mesh.router.client().completions.create(model=MODEL, prompt="def add", max_tokens=4)
+    served = answer.model_extra["llm_mesh"]
+    assert served["node"] == only and int(served["cost"]) > 0  # its receipt (with the cut bill) was signed
+    ledger = ledgers(mesh)[only]
+    assert int(ledger["tokens"]) > answer.usage.completion_tokens  # the cut request's tokens are in it
+    assert mesh.router.health()["nodes"][only]["last_error"] is None
+    assert "receipt_refused" not in (home / "router.log").read_text()
