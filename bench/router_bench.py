@@ -14,12 +14,15 @@ countersigning the receipt (by the client when direct, by the router through it)
   the difference; goals < 1 ms at p50 and < 3 ms at p99 (LiteLLM adds 3-4 ms, Bifrost ~0.5 ms).
 - failover: the node that served the last request is killed (kill -9), and the next streamed
   request's TTFT through the router (it reaches the dead node first, then the other) is compared
-  with the router's normal TTFT; goal <= 1.5x. The killed node is started again between rounds.
+  with the router's normal TTFT; goal <= 1.5x. The killed node is started again between rounds and
+  serves the router's requests a while (pairs at once) before the next kill, as a network's nodes
+  have been serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -155,7 +158,21 @@ def failover(
         )
         for stream in (False, True):  # a fresh process: load the model, run both paths once
             direct.request(victim, stream)
+        warm_both(router_url)
     return normal, after_kill
+
+
+def warm_both(router_url: str, rounds: int = 10) -> None:
+    """Pairs of requests at once through the router, so load spreads them over both nodes: a
+    restarted node serves the router's payer a while before it is timed as the backup (a network's
+    nodes have been serving; a process's first requests pay for its cold paths)."""
+    with (
+        concurrent.futures.ThreadPoolExecutor(2) as pool,
+        httpx.Client(timeout=60) as a,
+        httpx.Client(timeout=60) as b,
+    ):
+        for _ in range(rounds):
+            list(pool.map(lambda c: via_router(c, router_url, True), (a, b)))
 
 
 def row(label: str, routed: list[float], direct: list[float]) -> tuple[float, float]:

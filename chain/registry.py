@@ -86,14 +86,19 @@ class RegistrySnapshot:
         approved = [i for i in self._by_name.get(name, ()) if self.models[i].status == APPROVED]
         return max(approved, key=lambda i: (self.models[i].version, i)) if approved else None
 
-    def approved(self) -> dict[str, int]:
-        """Model name -> id of its newest approved version, for every name that has one."""
+    @cached_property
+    def _approved(self) -> dict[str, int]:
         out = {}
         for name in self._by_name:
             newest = self.latest_approved(name)
             if newest is not None:
                 out[name] = newest
         return out
+
+    def approved(self) -> dict[str, int]:
+        """Model name -> id of its newest approved version, for every name that has one (computed
+        once per snapshot: the router asks on every request)."""
+        return dict(self._approved)
 
     def node(self, operator: str) -> Any | None:
         """A node (a chain.views.NodeInfo) by operator address, None when it never registered."""
@@ -107,9 +112,18 @@ class RegistrySnapshot:
         """Operator -> NodeInfo of the nodes registered now."""
         return {operator: info for operator, info in self.nodes.items() if info.registered}
 
+    @cached_property
+    def _hosts(self) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for op, info in self.nodes.items():
+            if info.registered:
+                for model_id in dict.fromkeys(info.hosted_models):
+                    out.setdefault(model_id, []).append(op)
+        return out
+
     def hosts_of(self, model_id: int) -> list[str]:
         """The registered operators that declare `model_id` among their hosted models."""
-        return [op for op, info in self.nodes.items() if info.registered and model_id in info.hosted_models]
+        return list(self._hosts.get(model_id, ()))
 
 
 class RegistryView:
