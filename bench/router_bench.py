@@ -78,20 +78,27 @@ class Direct:
             )
             return (time.perf_counter() - start) * 1000
         body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
-        first, billing, tokens = None, None, 0
-        with self.client.stream("POST", node.url + "/v1/completions", json=body, headers=headers) as response:
-            for line in response.iter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                event = json.loads(line[6:])
-                if first is None and any(c.get("text") for c in event.get("choices") or ()):
-                    first = (time.perf_counter() - start) * 1000
-                billing = event.get("llm_mesh", billing)
-                if event.get("usage") and not event.get("choices"):
-                    tokens = event["usage"]["completion_tokens"]
-        self.payer.accept(node.address, nonce, Billing.decode(billing), tokens)
-        assert first is not None
+        first, events = streamed(self.client, node.url, body, start, headers)
+        billing = next(e["llm_mesh"] for e in events if "llm_mesh" in e)
+        usage = next(e["usage"] for e in events if e.get("usage") and not e.get("choices"))
+        self.payer.accept(node.address, nonce, Billing.decode(billing), usage["completion_tokens"])
         return first
+
+
+def streamed(
+    client: httpx.Client, url: str, body: dict[str, Any], start: float, headers: dict[str, str] | None = None
+) -> tuple[float, list[dict[str, Any]]]:
+    """A streamed completion: (ms from `start` to its first text chunk, every event)."""
+    first, events = None, []
+    with client.stream("POST", url + "/v1/completions", json=body, headers=headers) as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            events.append(event := json.loads(line[6:]))
+            if first is None and any(c.get("text") for c in event.get("choices") or ()):
+                first = (time.perf_counter() - start) * 1000
+    assert first is not None
+    return first, events
 
 
 def via_router(client: httpx.Client, url: str, stream: bool) -> tuple[float, dict[str, Any]]:
@@ -100,17 +107,8 @@ def via_router(client: httpx.Client, url: str, stream: bool) -> tuple[float, dic
     if not stream:
         answer = client.post(url + "/v1/completions", json=BODY).json()
         return (time.perf_counter() - start) * 1000, answer["llm_mesh"]
-    first, served = None, {}
-    with client.stream("POST", url + "/v1/completions", json={**BODY, "stream": True}) as response:
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            event = json.loads(line[6:])
-            if first is None and any(c.get("text") for c in event.get("choices") or ()):
-                first = (time.perf_counter() - start) * 1000
-            served = event.get("llm_mesh", served)
-    assert first is not None
-    return first, served
+    first, events = streamed(client, url, {**BODY, "stream": True}, start)
+    return first, next(e["llm_mesh"] for e in events if "llm_mesh" in e)
 
 
 def latency(

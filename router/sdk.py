@@ -291,18 +291,9 @@ class MeshClient:
         body = _request(prompt, model_name, task_type, max_tokens, temperature, stream=False)
         return _response(await self._call(self._backend.answer(body)))
 
-    def complete_sync(
-        self,
-        prompt: str,
-        *,
-        model_name: str | None = None,
-        task_type: str | None = None,
-        max_tokens: int = 256,
-        temperature: float = 0.2,
-    ) -> ModelResponse:
-        """`complete` for code without an event loop."""
-        body = _request(prompt, model_name, task_type, max_tokens, temperature, stream=False)
-        return _response(self._submit(self._backend.answer(body)).result())
+    def complete_sync(self, prompt: str, **options: Any) -> ModelResponse:
+        """`complete` for code without an event loop (the same options)."""
+        return self._submit(self.complete(prompt, **options)).result()
 
     def stream(
         self,

@@ -56,13 +56,19 @@ def rank(
         if model not in approved:
             known = ", ".join(sorted(approved)) or "none yet"
             raise NoHost(f"model {model!r} is not approved on this network; approved: {known}", 404)
-        return _ranked(snapshot, book, table, task, [model], 0, min_stake, wall_now) or _none_alive(model)
+        return _ranked(snapshot, approved, book, table, task, [model], 0, min_stake, wall_now) or _none_alive(
+            model
+        )
     preferred = table.preferred(task)
     if preferred in approved:
-        hosts = _ranked(snapshot, book, table, task, [preferred], needed_tokens, min_stake, wall_now)
+        hosts = _ranked(
+            snapshot, approved, book, table, task, [preferred], needed_tokens, min_stake, wall_now
+        )
         if hosts:
             return hosts
-    hosts = _ranked(snapshot, book, table, task, sorted(approved), needed_tokens, min_stake, wall_now)
+    hosts = _ranked(
+        snapshot, approved, book, table, task, sorted(approved), needed_tokens, min_stake, wall_now
+    )
     if not hosts:
         raise NoHost(
             f"no live host serves a model for task {task!r} with {needed_tokens} tokens of context "
@@ -78,6 +84,7 @@ def _none_alive(model: str) -> list[Candidate]:
 
 def _ranked(
     snapshot: RegistrySnapshot,
+    approved: dict[str, int],
     book: HealthBook,
     table: TaskTable,
     task: str,
@@ -86,7 +93,6 @@ def _ranked(
     min_stake: int,
     wall_now: float | None,
 ) -> list[Candidate]:
-    approved = snapshot.approved()
     infos = {name: snapshot.models[approved[name]] for name in names}
     fitting = {n: m for n, m in infos.items() if m.context_window >= needed_tokens}
     if not fitting:

@@ -146,6 +146,16 @@ def keystore_files(tmp: Path, account: LocalAccount) -> dict[str, Path]:
     return {"keystore": keystore, "password_file": password}
 
 
+def fund(net: Net, payer: LocalAccount, amount: int = 10**18) -> None:
+    """Mint `amount` MESH to `payer` and deposit it into its Settlement escrow."""
+    token = net.market.contract("NetworkToken")
+    settlement = net.market.contract("Settlement")
+    net.admin.send(token.functions.mint(payer.address, amount))
+    sender = TxSender(net.w3, payer)
+    sender.send(token.functions.approve(settlement.address, amount))
+    sender.send(settlement.functions.deposit(amount))
+
+
 def node_config(net: Net, models: list[HostedModel], **chain: Any) -> NodeConfig:
     return NodeConfig(
         node_id="test-node",
@@ -165,7 +175,48 @@ def tiny(tmp: Path, name: str, seed: int) -> Path:
 # ---------------------------------------------------------------- the node daemon as a process
 
 
-class Daemon:
+class ServerProcess:
+    """One of our daemons as a child process (`proc`), serving at `url`, its log in `log`."""
+
+    name = "the daemon"
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def until(self, check, timeout: float = 60.0, what: str = "condition") -> Any:
+        """Poll `check()` until it is truthy (HTTP errors count as not yet); fail at once if the
+        process exited, and with its log's tail on a timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
+                )
+            try:
+                value = check()
+            except httpx.HTTPError:
+                value = None
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
+
+    def client(self, **kw: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120, **kw)
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful stop), SIGKILL if it takes over a minute; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+class Daemon(ServerProcess):
     """The node daemon as a child process, its log in a file."""
 
     def __init__(
@@ -211,37 +262,8 @@ class Daemon:
             stderr=subprocess.STDOUT,
         )
 
-    def until(self, check, timeout: float = 60.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the daemon exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
-                )
-            try:
-                value = check()
-            except httpx.HTTPError:
-                value = None
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
-
     def models(self) -> list[str]:
         return [m["id"] for m in httpx.get(self.url + "/v1/models", timeout=5).json()["data"]]
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @pytest.fixture

@@ -9,22 +9,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import openai
 import pytest
 
 from chain.accounts import dev_account
-from chain.tx import TxSender
 from storage.daemon import free_port
 from tests.conftest import ROOT
 from tests.gguf_models import write_tiny_llama
-from tests.market_fixtures import Daemon, Net
+from tests.market_fixtures import Daemon, Net, ServerProcess, fund
 
 PAYER_INDEX = 4
 PAYER = dev_account(PAYER_INDEX)
@@ -36,17 +33,10 @@ DEPOSIT = 10**18  # 1 MESH
 MODEL = "tiny-coder"
 
 
-def fund(net: Net, payer=PAYER, amount: int = DEPOSIT) -> None:
-    token = net.market.contract("NetworkToken")
-    settlement = net.market.contract("Settlement")
-    net.admin.send(token.functions.mint(payer.address, amount))
-    sender = TxSender(net.w3, payer)
-    sender.send(token.functions.approve(settlement.address, amount))
-    sender.send(settlement.functions.deposit(amount))
-
-
-class RouterProcess:
+class RouterProcess(ServerProcess):
     """The router daemon as a child process, its log in a file."""
+
+    name = "the router"
 
     def __init__(self, net: Net, home: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
@@ -69,40 +59,11 @@ class RouterProcess:
             stderr=subprocess.STDOUT,
         )
 
-    def until(self, check, timeout: float = 60.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the router exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}"
-                )
-            try:
-                value = check()
-            except httpx.HTTPError:
-                value = None
-            if value:
-                return value
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}:\n{self.log.read_text()[-3000:]}")
-
     def health(self) -> dict[str, Any]:
         return httpx.get(self.url + "/health", timeout=5).json()
 
     def alive(self) -> set[str]:
         return {op for op, n in self.health()["nodes"].items() if n["alive"]}
-
-    def client(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=120, **kw)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 @dataclass
@@ -139,7 +100,7 @@ def _children(pid: int) -> list[int]:
 @pytest.fixture
 def mesh(net: Net, daemon_factory, tmp_path: Path) -> Iterator[Mesh]:
     for payer in (PAYER, SDK_PAYER, ASK_PAYER):  # before the nodes start: they load every escrow then
-        fund(net, payer)
+        fund(net, payer, DEPOSIT)
     model = write_tiny_llama(tmp_path / "tiny-coder.gguf", seed=5, name=MODEL, context=4096)
     model_id = asyncio.run(net.publish(MODEL, model))
     nodes: dict[str, Daemon] = {}

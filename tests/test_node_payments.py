@@ -24,20 +24,11 @@ from protocol.payer import Payer
 from protocol.payment import AUTH_HEADER, Billing, encode_auth, encode_signed_receipt, sign_auth
 from scripts import status
 from storage.daemon import free_port
-from tests.market_fixtures import OPERATOR, STRANGER, Net, tiny
+from tests.market_fixtures import OPERATOR, STRANGER, Net, fund, tiny
 
 PAYER = dev_account(4)
 DEPOSIT = 10**18  # 1 MESH
 PRICE = 10**15  # what Net.propose prices a model at, per 1K tokens
-
-
-def fund(net: Net, payer=PAYER, amount: int = DEPOSIT) -> None:
-    token = net.market.contract("NetworkToken")
-    settlement = net.market.contract("Settlement")
-    net.admin.send(token.functions.mint(payer.address, amount))
-    sender = TxSender(net.w3, payer)
-    sender.send(token.functions.approve(settlement.address, amount))
-    sender.send(settlement.functions.deposit(amount))
 
 
 def post(url: str, headers: dict[str, str], **body) -> httpx.Response:
@@ -391,7 +382,7 @@ def test_a_receipt_rejected_for_short_escrow_is_kept_and_settles_after_a_top_up(
     settlement = net.market.contract("Settlement")
     assert node.stop() == 0  # the shutdown settle is rejected (InsufficientEscrow): the receipt is kept
     assert settle_events(net, PAYER.address) == (1, 1)  # the other node's settled, ours rejected
-    fund(net, amount=10**16)  # the payer tops up
+    fund(net, PAYER, 10**16)  # the payer tops up
     assert restarted(daemon_factory).stop() == 0
     paid = settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
     assert paid == receipt.receipt.cumulative_amount
@@ -406,7 +397,7 @@ def test_a_rejected_receipt_is_retried_in_the_same_run_once_the_payer_tops_up(
     # An unlock request makes the node settle now: rejected, the escrow is short.
     TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(1))
     node.until(lambda: settle_events(net, PAYER.address) == (1, 1), what="the rejected settle")
-    fund(net, amount=10**16)  # the top-up wakes the node, which sends the kept receipt again
+    fund(net, PAYER, 10**16)  # the top-up wakes the node, which sends the kept receipt again
     node.until(
         lambda: (
             settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
