@@ -94,7 +94,10 @@ class Job:
     async def next(self) -> Started | Refused | Piece | Finished:
         timeout = min(self.token_timeout, self.deadline - time.monotonic())
         try:
-            event = await asyncio.wait_for(self.queue.get(), max(timeout, 0.0))
+            # asyncio.timeout, not wait_for: wait_for wraps every get in a task of its own, and
+            # this runs once per token of every stream.
+            async with asyncio.timeout(max(timeout, 0.0)):
+                event = await self.queue.get()
         except TimeoutError:
             self.cancel()
             why = "the request timed out" if timeout < self.token_timeout else "no token came in time"
@@ -326,10 +329,14 @@ class Stream:
         try:
             async for piece in self.pieces():
                 logprobs = _logprobs(piece.logprobs) if want_logprobs and piece.logprobs else None
-                if piece.text or logprobs:
+                if logprobs or (first and piece.text):
                     yield sse.event(envelope.chunk(piece.text, logprobs=logprobs, first=first))
-                    first = False
-                    self.sent_tokens = piece.tokens
+                elif piece.text:
+                    yield envelope.text_event(piece.text)
+                else:
+                    continue
+                first = False
+                self.sent_tokens = piece.tokens
             final = envelope.chunk("", _finish(self.finished), first=first)
             assert self.finished is not None
             self.sent_tokens = self.finished.completion_tokens

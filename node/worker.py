@@ -17,6 +17,7 @@ import ctypes
 import os
 import random
 import sys
+import time
 import traceback
 from collections import deque
 from typing import Any
@@ -247,7 +248,8 @@ class _Worker:
         while True:
             events: list[Event] = []
             try:
-                if not any(lane.busy for lane in lanes) and self._handle(conn.recv(), events):
+                idle = not any(lane.busy for lane in lanes)
+                if idle and (self._handle(conn.recv(), events) or self._gather_burst(events)):
                     return
                 while conn.poll(0):
                     if self._handle(conn.recv(), events):
@@ -261,6 +263,20 @@ class _Worker:
                     self._step(lane, events)
             if events:
                 conn.send(Steps(tuple(events)))
+
+    def _gather_burst(self, events: list[Event]) -> bool:
+        """After a message woke the idle worker: take the requests that follow it closely (a burst)
+        before the first step, while slots are free. True means stop."""
+        window = self.spec.burst_window_s
+        deadline = time.monotonic() + 5 * window
+        main = self.main
+        while main.sched.free_slots and not main.waiting:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.conn.poll(min(window, left)):
+                return False
+            if self._handle(self.conn.recv(), events):
+                return True
+        return False
 
     def _handle(self, msg: object, events: list[Event]) -> bool:
         """Apply one message; True means stop."""

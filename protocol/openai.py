@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from protocol import sse
 from protocol.errors import ApiError
 
 MAX_STOP = 4
@@ -223,6 +224,11 @@ class Usage:
         }
 
 
+# Stands for the text while a text chunk's frame is encoded: a private-use character, which JSON
+# keeps as it is (ensure_ascii off).
+_MARK = "\ue000"
+
+
 @dataclass
 class Envelope:
     """The fields every response and chunk of one request shares."""
@@ -231,6 +237,7 @@ class Envelope:
     chat: bool
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: int = field(default_factory=lambda: int(time.time()))
+    _text_frame: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
 
     def _base(self, kind: str) -> dict[str, Any]:
         prefix = "chatcmpl-" if self.chat else "cmpl-"
@@ -281,6 +288,20 @@ class Envelope:
             "finish_reason": finish,
         }
         return {**self._base("text_completion"), "choices": [choice]}
+
+    def text_event(self, text: str) -> bytes:
+        """The SSE event of a chunk carrying only new text (not a chat stream's first, which names
+        the role): the bytes of `sse.event(self.chunk(text))`, with everything but the text encoded
+        once per stream instead of once per token (a stream is one such event per token)."""
+        if self._text_frame is None:
+            framed = sse.event(self.chunk(_MARK))
+            mark = json.dumps(_MARK, ensure_ascii=False).encode()
+            if framed.count(mark) != 1:  # a model name holding the mark: encode every chunk whole
+                return sse.event(self.chunk(text))
+            head, _, tail = framed.partition(mark)
+            self._text_frame = (head, tail)
+        head, tail = self._text_frame
+        return head + json.dumps(text, ensure_ascii=False).encode() + tail
 
     def usage_chunk(self, usage: Usage) -> dict[str, Any]:
         """The last chunk of a stream with `stream_options.include_usage`: no choices, the usage."""

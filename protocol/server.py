@@ -31,6 +31,10 @@ class HttpServer(Service):
             limit_concurrency=2 * max_connections + 16,
             timeout_graceful_shutdown=grace_s,
             timeout_keep_alive=15,
+            # h11, also where httptools is installed: httptools answers a Content-Length too large to
+            # parse with its own plain-text 400 before the body limit can give the client a 413 in
+            # OpenAI's shape (and it saved only ~17 us of a token's ~100 us of CPU here).
+            http="h11",
         )
         self._server = uvicorn.Server(self._config)
         self._socket: socket.socket | None = None

@@ -6,7 +6,9 @@ Every test starts its own worker (spawn context, as the node does) and stops it 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,6 +227,28 @@ def test_concurrent_fourRequestsMatchTheirSingleRuns(tiny: Path) -> None:
             assert diff.max() < 0.05
         # They really shared steps: one Steps message per step carries every request's piece.
         assert steps < sum(r.pieces for r in together) / 2
+
+
+def test_burst_toAnIdleWorker_isPrefilledInOneStep(tiny: Path) -> None:
+    """Requests arriving close together at an idle worker start in the same step: the first Steps
+    message starts them all and carries each one's first token (logprobs make every token a
+    Piece). Without the window the first request is stepped alone before the next one arrives."""
+    spec = spec_for(tiny, n_batch=256, prefill_chunk=128)
+
+    def first_step(window: float) -> set[int]:
+        with running(dataclasses.replace(spec, burst_window_s=window)) as w:
+            for i, p in enumerate(PROMPTS):
+                w.submit(i, p, **greedy(4, logprobs=0))
+                time.sleep(0.01)  # a burst spread over 40 ms, as requests arriving from clients
+            first = w.pump()
+            started = {e.req_id for e in first.events if isinstance(e, Started)}
+            if window:
+                assert {e.req_id for e in first.events if isinstance(e, Piece)} == started
+            w.wait(*range(len(PROMPTS)))
+            return started
+
+    assert first_step(0.05) == set(range(len(PROMPTS)))
+    assert first_step(0.0) == {0}
 
 
 def test_stream_interleavesWhileLongPromptPrefills(tiny: Path) -> None:

@@ -127,6 +127,19 @@ def test_chunks_parseAsTheOpenaiClientsTypes() -> None:
     assert usage.choices == [] and usage.usage.completion_tokens == 4
 
 
+TEXTS = ["def", 'a "quoted" \\ path\n\ttab', "é ✓ 🙂", "\ue000 mark", "\x00\x1f", " "]
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("text", TEXTS)
+def test_textEvent_isTheSameBytesAsTheChunkEncodedWhole(chat, text) -> None:
+    envelope = Envelope('tiny "model" ✓', chat=chat)
+    assert envelope.text_event(text) == event(envelope.chunk(text))
+    assert envelope.text_event("x") == event(envelope.chunk("x"))  # the cached frame, reused
+    odd = Envelope("tiny \ue000", chat=chat)  # a name holding the frame's placeholder
+    assert odd.text_event(text) == event(odd.chunk(text))
+
+
 def test_sse_framesEventsAndTheEnd() -> None:
     assert event({"a": "é\n"}) == 'data: {"a":"é\\n"}\n\n'.encode()
     assert DONE == b"data: [DONE]\n\n"
