@@ -48,6 +48,7 @@ from storage.daemon import free_port
 MODEL = "tiny-coder"
 ROUTER_PAYER, DIRECT_PAYER = 4, 7
 TOKENS = 8
+NO_BURST = ("--burst-window-ms", "0")
 BODY = {"model": MODEL, "prompt": "def fix", "max_tokens": TOKENS, "temperature": 0}
 RATE = {"LLM_MESH_NODE_PAYMENTS__RATE_PER_S": "100000", "LLM_MESH_NODE_PAYMENTS__RATE_BURST": "1000000"}
 
@@ -214,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 model_id = publish(
                     write_tiny_llama(work / "tiny.gguf", seed=5, name=MODEL), MODEL, w3, deployment
                 )
-                nodes = [operator(work, i, dev, MODEL) for i, dev in enumerate((1, 5))]
+                # No burst window: the requests come one at a time, so it would only add the same
+                # wait to both paths' latency and to the failover's normal TTFT.
+                nodes = [operator(work, i, dev, MODEL, NO_BURST) for i, dev in enumerate((1, 5))]
                 for payer in (ROUTER_PAYER, DIRECT_PAYER):
                     deposit.main(["--dev-account", str(payer), "--amount", "100"])
             for node in nodes:

@@ -102,6 +102,10 @@ class HostedModel(BaseModel):
     n_ctx: int = Field(4096, ge=128, le=1_048_576)  # tokens per request (prompt + completion)
     threads: int = Field(4, ge=1, le=1024)
     slots: int = Field(4, ge=1, le=64)  # requests decoded together in one batch
+    # An idle model that gets a request waits this long for the rest of a burst (each request
+    # within it of the last, 5x it at most) so the burst prefills in one step: a step takes no new
+    # sequence once it runs. Costs a lone request on an idle model up to this much TTFT; 0: off.
+    burst_window_ms: float = Field(2.0, ge=0, le=100)
     eager: bool = False  # load at start instead of on the first request
 
 

@@ -112,6 +112,12 @@ def cli(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int, default=defaults.slots, help="requests decoded together")
     parser.add_argument("--n-ctx", type=int, default=defaults.n_ctx, help="tokens per request")
     parser.add_argument("--gpu-layers", type=int, default=0, help="layers offloaded to a GPU (-1: all)")
+    parser.add_argument(
+        "--burst-window-ms",
+        type=float,
+        default=defaults.burst_window_ms,
+        help="an idle model waits this long for the rest of a burst (0: off)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -122,6 +128,7 @@ def cli(argv: list[str] | None = None) -> None:
             slots=args.slots,
             n_ctx=args.n_ctx,
             gpu_layers=args.gpu_layers,
+            burst_window_ms=args.burst_window_ms,
             eager=True,
         )
         model = local_servable(args.model, args.name, settings)

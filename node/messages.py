@@ -35,10 +35,7 @@ class WorkerSpec:
     # prompt in one ubatch). 0 turns the path off.
     reference_ctx: int = 512
     flash_attn: bool = False  # fixed, not "auto": it changes logits, and the reference path needs them stable
-    # An idle worker that gets a request waits this long for another (each one restarting the wait,
-    # 5x it at most in all), so requests that arrive together are prefilled in one step: a running
-    # step takes no new sequence, and one step of a small model is tens of milliseconds.
-    burst_window_s: float = 0.002
+    burst_window_s: float = 0.002  # HostedModel.burst_window_ms says why
 
 
 @dataclass(frozen=True, slots=True)

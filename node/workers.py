@@ -365,6 +365,7 @@ class Workers(Service):
                 gpu_layers=s.gpu_layers,
                 slots=s.slots,
                 reference_ctx=min(s.n_ctx, 512),
+                burst_window_s=s.burst_window_ms / 1000,
             )
             started = time.monotonic()
             log.info(

@@ -150,8 +150,9 @@ def publish(path: Path, name: str, w3: Web3, deployment: Deployment, specialties
     return model_id
 
 
-def operator(work: Path, index: int, dev: int, model: str = MODEL) -> Node:
-    """One operator's path: a keystore, the node config, stake + register, host the model."""
+def operator(work: Path, index: int, dev: int, model: str = MODEL, host_args: tuple[str, ...] = ()) -> Node:
+    """One operator's path: a keystore, the node config, stake + register, host the model
+    (`host_args`: more host_model.py options)."""
     home = work / f"node-{index}"
     home.mkdir(parents=True)
     account = dev_account(dev)
@@ -177,7 +178,7 @@ def operator(work: Path, index: int, dev: int, model: str = MODEL) -> Node:
         *account_files,
     )
     script(register_node.main, "--config", str(config), "--stake", "1000")
-    script(host_model.main, "--config", str(config), "--model", model)
+    script(host_model.main, "--config", str(config), "--model", model, *host_args)
     return Node(index, account.address, node_id, url, config)
 
 

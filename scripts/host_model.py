@@ -23,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--n-ctx", type=int, default=4096, help="context length to serve (default 4096)")
     p.add_argument("--threads", type=int, help="CPU threads per model (default: the declared cores)")
+    p.add_argument(
+        "--burst-window-ms",
+        type=float,
+        help="how long an idle model waits for the rest of a burst of requests (default 2; 0: off)",
+    )
     return p
 
 
@@ -40,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or config.hardware.cpu_cores
     entry = {"name": args.model, "model_id": model_id, "gpu_layers": gpu_layers}
     entry |= {"n_ctx": args.n_ctx, "threads": threads}
+    if args.burst_window_ms is not None:
+        entry["burst_window_ms"] = args.burst_window_ms
     models = [m.model_dump() for m in config.models if m.name != args.model] + [entry]
     updated = build_config(**{**config.model_dump(), "models": models})  # refuses before anything is sent
     hosted = list(node.hosted_models)

@@ -226,7 +226,8 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
     fails(
         script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "10"), "n_ctx"
     )
-    out = ok(script(devnet, "host_model", *account, *config, "--model", "gemma-3-270m", "--n-ctx", "8192"))
+    host = ("--model", "gemma-3-270m", "--n-ctx", "8192", "--burst-window-ms", "0.5")
+    out = ok(script(devnet, "host_model", *account, *config, *host))
     assert "now hosting gemma-3-270m (model 1)" in out
     saved = json.loads(operator_files["config"].read_text())
     # Defaults from the declared hardware: a GPU takes every layer, threads are the declared cores.
@@ -239,6 +240,7 @@ def test_operatorFlow_fromNothingToHostedModel(devnet: Devnet, operator_files: d
             "n_ctx": 8192,
             "threads": cores,
             "slots": 4,
+            "burst_window_ms": 0.5,
             "eager": False,
         }
     ]
