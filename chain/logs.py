@@ -4,7 +4,10 @@ import chain, keeps a copy of this one function)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
+
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
 
 
 def kv(event: str, **fields: Any) -> str:
@@ -12,7 +15,7 @@ def kv(event: str, **fields: Any) -> str:
     parts = [f"event={event}"]
     for key, value in fields.items():
         text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
+        if not text or _NEEDS_QUOTES.search(text):
             text = json.dumps(text)
         parts.append(f"{key}={text}")
     return " ".join(parts)

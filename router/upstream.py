@@ -156,9 +156,8 @@ class Upstream:
             served, request, headers = self._prepare(candidate, body, tried)
             request["stream_options"] = {"include_usage": True}
             try:
-                return await asyncio.wait_for(
-                    self._first_event(served, path, request, headers, want_usage), self.first_token_timeout
-                )
+                async with asyncio.timeout(self.first_token_timeout):  # not wait_for: no task per request
+                    return await self._first_event(served, path, request, headers, want_usage)
             except TimeoutError:
                 self._inflight(candidate, -1)
                 reason = f"{candidate.operator}: no first event within {self.first_token_timeout:g} s"
