@@ -439,13 +439,19 @@ class RawBatch:
 # --- the node's sockets ----------------------------------------------------------------------
 
 
-def _process_tree(root: int) -> list[int]:
-    parents: dict[int, int] = {}
+def proc_stats() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process (Linux /proc/PID/stat)."""
+    out = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+                state, ppid, pgrp = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:3]
+                out[int(entry)] = (state, int(ppid), int(pgrp))
+    return out
+
+
+def _process_tree(root: int) -> list[int]:
+    parents = {pid: ppid for pid, (_, ppid, _) in proc_stats().items()}
     tree, frontier = [root], [root]
     while frontier:
         frontier = [pid for pid, parent in parents.items() if parent in frontier]

@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from bench.node_bench import proc_stats
 from chain.accounts import dev_account
 from chain.receipts import Domain
 from protocol.payer import Payer
@@ -171,18 +172,10 @@ def gone(group: int, timeout: float = 10.0) -> None:
     and an exited one may linger as a zombie until init reaps it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not any(_running_in(group, entry) for entry in os.listdir("/proc") if entry.isdigit()):
+        if not any(pgrp == group and state != "Z" for state, _, pgrp in proc_stats().values()):
             return
         time.sleep(0.01)
     raise RuntimeError(f"processes of group {group} still running {timeout:g} s after kill -9")
-
-
-def _running_in(group: int, pid: str) -> bool:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return int(fields[2]) == group and fields[0] != "Z"  # fields: state, ppid, pgrp, ...
 
 
 def warm_both(router_url: str, rounds: int = 10) -> None:

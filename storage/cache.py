@@ -33,6 +33,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -61,12 +62,15 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 # The log dialect of chain.logs.kv, copied: storage imports nothing of ours (DESIGN.md, Layout).
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
 def _kv(event: str, **fields: Any) -> str:
     """A structured log line: `event=name key=value ...`, values with spaces JSON-quoted."""
     parts = [f"event={event}"]
     for key, value in fields.items():
         text = str(value)
-        if not text or any(c.isspace() or c in '"=' for c in text):
+        if not text or _NEEDS_QUOTES.search(text):
             text = json.dumps(text)
         parts.append(f"{key}={text}")
     return " ".join(parts)
