@@ -121,6 +121,6 @@ def automine_off(chain_snapshot: Web3) -> Iterator[Web3]:
 # tiny models (node_fixtures), real kubo daemons, a gateway server and the real model (storage_fixtures),
 # three paid nodes behind the router (router_fixtures).
 from tests.market_fixtures import daemon_factory, net  # noqa: E402, F401
-from tests.node_fixtures import node_server, tiny_model  # noqa: E402, F401
+from tests.node_fixtures import endless_model, node_server, tiny_model  # noqa: E402, F401
 from tests.router_fixtures import mesh  # noqa: E402, F401
 from tests.storage_fixtures import anyio_backend, gemma_model, gemma_sha256, kubo_bin, kubo_pair  # noqa: E402, F401

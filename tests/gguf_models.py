@@ -82,3 +82,15 @@ def write_tiny_llama(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def scale_eos(path: Path, factor: float) -> Path:
+    """Scale the output row of </s> in place: above 1 greedy generation ends early on EOS; at 0
+    its logit is exactly 0, below the best of the other ~270 random logits at every step, so
+    greedy generation never ends on EOS and runs to max_tokens."""
+    reader = gguf.GGUFReader(path, "r+")
+    (out,) = (t for t in reader.tensors if t.name == "output.weight")
+    out.data[2, :] *= factor  # row 2 is </s>
+    out.data.flush()
+    del reader
+    return path

@@ -19,7 +19,7 @@ from node.models import ServableModel
 from protocol.server import HttpServer
 from protocol.service import run_services
 from storage.daemon import free_port
-from tests.gguf_models import write_tiny_llama
+from tests.gguf_models import scale_eos, write_tiny_llama
 
 T = TypeVar("T")
 
@@ -88,6 +88,13 @@ class NodeServer:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight llama (0.5 MB) with a chat template."""
     return write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny.gguf", seed=1, context=1024)
+
+
+@pytest.fixture(scope="session")
+def endless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its </s> row zeroed: at temperature 0 it always runs to max_tokens."""
+    path = write_tiny_llama(tmp_path_factory.mktemp("models") / "endless.gguf", seed=1, context=1024)
+    return scale_eos(path, 0.0)
 
 
 @pytest.fixture

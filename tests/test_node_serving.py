@@ -323,14 +323,16 @@ def test_hostileChatTemplate_inertOr400(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_requestTimeout_504(tiny_model: Path) -> None:
-    model = servable(tiny_model, "tiny", n_ctx=1024, eager=True)
+def test_requestTimeout_504(endless_model: Path) -> None:
+    # At temperature 1 the tiny model can sample </s> within the 10 ms (seen once in CI, after 13
+    # tokens); the endless model at temperature 0 must decode all 1000 tokens, ~100x the timeout.
+    model = servable(endless_model, "tiny", n_ctx=1024, eager=True)
     server = NodeServer([model], ServingLimits(request_timeout_s=0.01))
     try:
         wait_for(lambda: health(server)["models"]["tiny"]["state"] == "ready", what="the eager load")
         answer = httpx.post(
             server.url + "/v1/completions",
-            json={"model": "tiny", "prompt": "x", "max_tokens": 1000, "temperature": 1.0},
+            json={"model": "tiny", "prompt": "x", "max_tokens": 1000, "temperature": 0},
             timeout=30,
         )
         assert answer.status_code == 504, answer.text

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 from llama_cpp import Llama
@@ -34,7 +33,7 @@ from node.messages import (
     Submit,
     WorkerSpec,
 )
-from tests.gguf_models import write_tiny_llama
+from tests.gguf_models import scale_eos, write_tiny_llama
 
 TIMEOUT = 60.0  # seconds any single answer from the worker may take
 PROMPTS = ("def fix the bug", "print the code", "return (x)", "the code: print(the bug) and return")
@@ -148,12 +147,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def eos_prone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model whose EOS logit is scaled up, so greedy generation ends early on EOS."""
     path = write_tiny_llama(tmp_path_factory.mktemp("models") / "eos.gguf", seed=2, context=512)
-    reader = gguf.GGUFReader(path, "r+")
-    (out,) = (t for t in reader.tensors if t.name == "output.weight")
-    out.data[2, :] *= 6.0  # row 2 is </s>
-    out.data.flush()
-    del reader
-    return path
+    return scale_eos(path, 6.0)
 
 
 def spec_for(path: Path, **kw: object) -> WorkerSpec:
