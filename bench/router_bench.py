@@ -116,6 +116,12 @@ def via_router(client: httpx.Client, url: str, stream: bool) -> tuple[float, dic
     return first, next(e["llm_mesh"] for e in events if "llm_mesh" in e)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def latency(
     client: httpx.Client, router: str, direct: Direct, nodes: dict[str, Node], rounds: int, stream: bool
 ) -> tuple[list[float], list[float]]:
@@ -272,8 +278,13 @@ def main(argv: list[str] | None = None) -> int:
                     for stream in (False, True):
                         direct.request(node, stream)
                 print(f"{'':22} {'p50 / p99 ms':>22}")
-                row("non-streamed", *latency(client, router_url, direct, by_address, args.rounds, False))
-                row("streamed, TTFT", *latency(client, router_url, direct, by_address, args.rounds, True))
+                for label, stream in (("non-streamed", False), ("streamed, TTFT", True)):
+                    before = cpu_seconds(router.proc.pid)
+                    row(label, *latency(client, router_url, direct, by_address, args.rounds, stream))
+                    spent = (cpu_seconds(router.proc.pid) - before) / args.rounds * 1000
+                    print(
+                        f"{'':22} the router's CPU: {spent:.2f} ms a request (its background work included)"
+                    )
                 normal, killed = failover(
                     direct, router, router_url, by_address, work, kubo.api_url, args.kills
                 )

@@ -17,10 +17,18 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
 
 
+def error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An ApiError as its answer (with `headers` besides its own)."""
+    return JSONResponse(
+        error.body(), status_code=error.status, headers={**error.headers(), **(headers or {})}
+    )
+
+
 async def _api_error(request: Request, exc: Any) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Any) -> JSONResponse:
-    error = ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
-    return JSONResponse(error.body(), status_code=exc.status_code, headers=error.headers())
+    return error_response(
+        ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+    )

@@ -18,7 +18,7 @@ raises ReceiptRefused and nothing is signed. The checks (what "inflated" means):
   more than its auth's max_tokens; an item
   of a request whose answer has not arrived bills at least the text chunks that arrived and at
   most its auth's max_tokens, or, once the payer said it broke off (`broke_off`), at most what
-  arrived plus a small slack for tokens in flight;
+  arrived (in bytes of text: a token adds at least one) plus a small slack for tokens in flight;
 - cumulative tokens and amount are the base's plus the items' sums, nothing more.
 
 The ledger (per node: the newest countersigned receipt, the auths, what each was billed) lives in
@@ -138,14 +138,19 @@ class Payer:
         if record is not None:
             record.streamed += chunks
 
-    def broke_off(self, node: str, nonce: int, chunks: int, slack: int = 0) -> None:
-        """A request that ended without its answer after `chunks` text chunks arrived: it may be
-        billed at most `chunks + slack` tokens (`slack`: what can be in flight when a stream is
-        cut, written by the node but never received)."""
+    def broke_off(
+        self, node: str, nonce: int, chunks: int, slack: int = 0, text_bytes: int | None = None
+    ) -> None:
+        """A request that ended without its answer after `chunks` text chunks (holding `text_bytes`
+        bytes of UTF-8 text) arrived: it may be billed at least `chunks` tokens and at most
+        `max(chunks, text_bytes) + slack` (every token adds at least one byte of text, and a
+        chunk can hold several tokens: a character spelt in byte tokens; `slack`: what can be in
+        flight when a stream is cut, written by the node but never received)."""
         record = self.ledger(node).auths.get(nonce)
         if record is not None:
             record.streamed = max(record.streamed, chunks)
-            record.ceiling = record.streamed + max(0, slack)
+            arrived = max(record.streamed, text_bytes or 0)
+            record.ceiling = max(record.ceiling or 0, arrived + max(0, slack))
 
     def accept(self, node: str, nonce: int, billing: Billing, usage_tokens: int) -> SignedReceipt:
         """Check the node's receipt for the finished request `nonce` (whose response reported

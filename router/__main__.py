@@ -30,7 +30,8 @@ def build_services(config: RouterConfig) -> list[Any]:
     """The daemon's services in start order."""
     chain, service = build_router(config)
     app = create_app(service.router, max_body_bytes=config.max_body_bytes)
-    return [chain, service, HttpServer(app, config.host, config.port, max_connections=256)]
+    http = HttpServer(app, config.host, config.port, max_connections=256, parser="httptools")
+    return [chain, service, http]
 
 
 async def serve(config: RouterConfig) -> None:
@@ -78,7 +79,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, An
 def cli(argv: list[str] | None = None) -> None:
     args, values = parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe and request is noise
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the prober: a line per probe is noise
     try:
         config = build_router_config(args.config, **values)
         asyncio.run(serve(config))

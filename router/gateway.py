@@ -149,11 +149,21 @@ class Router:
             code = "model_not_found" if exc.status == 404 else "no_host"
             raise ApiError(exc.status, str(exc), param="model", code=code, retry=exc.status != 404) from None
 
-    async def complete(self, prepared: Prepared) -> tuple[Served, dict[str, Any]]:
+    async def complete(
+        self, prepared: Prepared, *, finish_later: bool = False
+    ) -> tuple[Served, dict[str, Any]]:
+        """A non-streamed answer. `finish_later`: the caller calls `finish` once the answer is on
+        its way, so the ledger write and the log line add nothing to the client's wait."""
         path, hosts = PATHS[prepared.endpoint], self.candidates(prepared)
         served, answer = await self.upstream.complete(path, prepared.body, hosts)
-        self._log(prepared, served)
+        if not finish_later:
+            self.finish(prepared, served)
         return served, answer
+
+    def finish(self, prepared: Prepared, served: Served) -> None:
+        """After a non-streamed answer: write the payer's ledger and log the request."""
+        self.upstream.save_ledgers()
+        self._log(prepared, served)
 
     async def open_stream(self, prepared: Prepared) -> OpenStream:
         opened = await self.upstream.open_stream(

@@ -81,6 +81,7 @@ class RouterService(Service):
         """Hand nodes the countersigned receipts no request carried to them for a while."""
         idle = self.config.receipt_idle_s
         while not self._stop.is_set():
+            self.router.upstream.save_ledgers()  # in case a request's own write did not happen
             await self.router.upstream.deliver_receipts(idle)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), min(1.0, idle))
@@ -88,6 +89,7 @@ class RouterService(Service):
     async def stop(self) -> None:
         self._stop.set()
         self.router.stop()
+        self.router.upstream.save_ledgers()
         await self.router.upstream.deliver_receipts(0)  # what the nodes would otherwise never get
         await self.router.upstream.close()
         await self.prober.close()

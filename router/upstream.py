@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from chain.logs import kv as _kv
 from protocol import sse
@@ -35,6 +35,12 @@ from router.select import Candidate
 from router.wallet import Paid, Unsent, Wallet
 
 log = logging.getLogger(__name__)
+
+# What a node that cannot be reached, or stops answering, raises (timeouts are not all ClientErrors).
+UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
+# The longest SSE line read from a node (a chunk with top_logprobs can be long); aiohttp's default
+# of 64 KiB would cut such a stream.
+READ_BUFFER = 1 << 20
 
 # Refusals another node may not give: this node's own limits, queue, credit or stale view of the chain.
 NODE_SPECIFIC = frozenset(
@@ -68,8 +74,17 @@ class Served:
     nonce: int
     started: float
     chunks: int = 0  # text chunks that arrived
+    text_bytes: int = 0  # the UTF-8 bytes of their text
     paid: Paid | None = None
     attempts: list[str] = field(default_factory=list)  # why earlier hosts were passed over
+
+    def arrived(self, event: dict[str, Any]) -> None:
+        """Count an event's text (what a cut stream may be billed for)."""
+        for choice in event.get("choices") or ():
+            text = _text(choice) if isinstance(choice, dict) else ""
+            if text:
+                self.chunks += 1
+                self.text_bytes += len(text.encode())
 
     def summary(self) -> dict[str, Any]:
         """The `llm_mesh` field of the client's answer."""
@@ -87,8 +102,7 @@ class OpenStream:
     """A stream whose first event arrived: relay `events()` to the client."""
 
     served: Served
-    response: httpx.Response
-    lines: AsyncIterator[str]
+    response: aiohttp.ClientResponse
     first: str
     want_usage: bool
 
@@ -101,31 +115,47 @@ class Upstream:
         book: HealthBook,
         wallet: Wallet | None,
         *,
-        client: httpx.AsyncClient | None = None,
         attempts: int = 3,
         connect_timeout: float = 3.0,
         first_token_timeout: float = 60.0,
         token_timeout: float = 60.0,
         request_timeout: float = 600.0,
+        drain_timeout: float = 2.0,
     ) -> None:
         """`first_token_timeout`: from sending a streamed request to its first event (queueing and
         prefill included); `token_timeout`: between later events; `request_timeout`: a whole
-        non-streamed answer."""
+        non-streamed answer; `drain_timeout`: how long a stream the client left is read on, to
+        count what the node sent before it learnt of it."""
         self.book, self.wallet, self.attempts = book, wallet, attempts
+        self.drain_timeout = drain_timeout
         self.first_token_timeout = first_token_timeout
-        self._request_timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
-        timeout = httpx.Timeout(token_timeout, connect=connect_timeout)
-        self._client = client or httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=256))
+        self._request_timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
+        self._stream_timeout = aiohttp.ClientTimeout(sock_read=token_timeout, sock_connect=connect_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        """Made on first use: a session belongs to the event loop it was made in."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256),
+                timeout=self._stream_timeout,
+                read_bufsize=READ_BUFFER,
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     # ---------------------------------------------------------------- one answer
 
     async def complete(
         self, path: str, body: dict[str, Any], candidates: list[Candidate]
     ) -> tuple[Served, dict]:
-        """A non-streamed answer from the first host that gives one; ApiError otherwise."""
+        """A non-streamed answer from the first host that gives one; ApiError otherwise. Its
+        receipt is countersigned; `save_ledgers()` writes it down."""
         tried: list[str] = []
         for candidate in candidates[: self.attempts]:
             served, request, headers = self._prepare(candidate, body, tried)
@@ -177,29 +207,26 @@ class Upstream:
         candidate = served.candidate
         url = f"{candidate.endpoint.rstrip('/')}/v1/{path}"
         try:
-            response = await self._client.send(
-                self._client.build_request("POST", url, json=request, headers=headers), stream=True
-            )
-        except httpx.HTTPError as exc:
+            response = await self._http.post(url, json=request, headers=headers)
+        except UPSTREAM_ERRORS as exc:
             raise _TryNext(f"{candidate.operator}: {type(exc).__name__}: {exc}") from None
         try:
-            if response.status_code != 200:
-                raise _refused(candidate, response, _json(await response.aread()), self._funded())
-            lines = response.aiter_lines()
-            first = await _next_event(lines)
+            if response.status != 200:
+                raise _refused(candidate, response, _json(await response.read()), self._funded())
+            first = await _next_event(response.content)
             if first is None:
-                raise httpx.RemoteProtocolError("the stream ended before its first event")
+                raise ValueError("the stream ended before its first event")
             if '"error"' in first and isinstance(event := json.loads(first), dict) and "error" in event:
                 # Nothing reached the client yet: a node failing at once (a lost worker) is passed over.
                 raise _TryNext(f"{candidate.operator}: {str(event['error'])[:200]}")
-        except (httpx.HTTPError, ValueError) as exc:
-            await response.aclose()
+        except (*UPSTREAM_ERRORS, ValueError) as exc:
+            response.close()
             raise _TryNext(f"{candidate.operator}: no first event ({type(exc).__name__})") from None
         except BaseException:
-            await response.aclose()
+            response.close()
             raise
         self.book.succeeded(candidate.operator, ttft_s=time.monotonic() - served.started)
-        return OpenStream(served, response, lines, first, want_usage)
+        return OpenStream(served, response, first, want_usage)
 
     async def events(self, stream: OpenStream) -> AsyncIterator[bytes]:
         """The client's SSE events. The node's final chunk (its receipt) and usage chunk are held
@@ -231,22 +258,28 @@ class Upstream:
                     billing = event.pop(RESPONSE_FIELD)
                     held.append(event)
                 else:
-                    served.chunks += sum(1 for c in event.get("choices") or () if _has_text(c))
+                    served.arrived(event)
                     yield sse.event(event)
-                data = await _next_event(stream.lines)
+                data = await _next_event(stream.response.content)
             if not ended:
                 self.book.failed(served.candidate.operator, "stream ended without [DONE]")
-        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as exc:
+        except (*UPSTREAM_ERRORS, ValueError, TypeError, AttributeError) as exc:
             self.book.failed(served.candidate.operator, f"stream broke off: {type(exc).__name__}: {exc}")
         except BaseException:  # the client went away (the generator was closed or cancelled)
+            await self._drain(stream)
             self._broke_off(served)
             raise
         finally:
-            await stream.response.aclose()
+            # release: the connection goes back to the pool if the body was read to its end.
+            if ended == "done":
+                stream.response.release()
+            else:
+                stream.response.close()
             self._inflight(served.candidate, -1)
         paid = ended == "done" and tokens is not None
         if paid:
             self._pay(served, billing, tokens or 0)
+            self.save_ledgers()
         for event in held:
             if "usage" not in event or event.get("choices"):
                 event[RESPONSE_FIELD] = served.summary()
@@ -265,6 +298,23 @@ class Upstream:
                 )
             )
 
+    async def _drain(self, stream: OpenStream) -> None:
+        """The client left mid-stream: tell the node (closing our sending side reads as a
+        disconnect there) and count what it had sent by then, which it bills, until it closes."""
+        connection = stream.response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is None:
+            return
+        try:
+            transport.write_eof()
+            async with asyncio.timeout(self.drain_timeout):
+                while (data := await _next_event(stream.response.content)) not in (None, "[DONE]"):
+                    event = json.loads(data)
+                    if isinstance(event, dict):
+                        stream.served.arrived(event)
+        except (*UPSTREAM_ERRORS, ValueError, TypeError, AttributeError, OSError, RuntimeError):
+            pass  # what was counted stands; the payer allows in-flight slack beyond it
+
     # ---------------------------------------------------------------- receipts no request carried
 
     async def deliver_receipts(self, idle_s: float, timeout: float = 5.0) -> int:
@@ -278,17 +328,17 @@ class Upstream:
     async def _deliver(self, unsent: Unsent, timeout: float) -> bool:
         assert self.wallet is not None
         url = f"{unsent.endpoint.rstrip('/')}/v1/receipts"
+        body = encode_signed_receipt(unsent.receipt)
         try:
-            response = await self._client.post(
-                url, json=encode_signed_receipt(unsent.receipt), timeout=timeout
-            )
-        except httpx.HTTPError as exc:
+            limit = aiohttp.ClientTimeout(total=timeout)
+            async with self._http.post(url, json=body, timeout=limit) as response:
+                status = response.status
+                await response.read()
+        except UPSTREAM_ERRORS as exc:
             log.info(_kv("upstream.receipt_not_delivered", node=unsent.node, reason=type(exc).__name__))
             return False
-        if response.status_code != 200:
-            log.warning(
-                _kv("upstream.receipt_refused_by_node", node=unsent.node, status=response.status_code)
-            )
+        if status != 200:
+            log.warning(_kv("upstream.receipt_refused_by_node", node=unsent.node, status=status))
             return False
         self.wallet.delivered(unsent)
         return True
@@ -314,15 +364,16 @@ class Upstream:
     ) -> dict[str, Any]:
         url = f"{candidate.endpoint.rstrip('/')}/v1/{path}"
         try:
-            response = await self._client.post(
+            async with self._http.post(
                 url, json=request, headers=headers, timeout=self._request_timeout
-            )
-        except httpx.HTTPError as exc:
+            ) as response:
+                raw = await response.read()
+        except UPSTREAM_ERRORS as exc:
             raise _TryNext(f"{candidate.operator}: {type(exc).__name__}: {exc}") from None
         finally:
             self._inflight(candidate, -1)
-        answer = _json(response.content)
-        if response.status_code != 200:
+        answer = _json(raw)
+        if response.status != 200:
             raise _refused(candidate, response, answer, self._funded())
         if not isinstance(answer, dict):
             raise ValueError("the answer is not a JSON object")
@@ -348,9 +399,14 @@ class Upstream:
             self.book.failed(served.candidate.operator, f"receipt refused: {reason}")
             log.warning(_kv("upstream.receipt_refused", node=served.candidate.operator, reason=reason[:300]))
 
+    def save_ledgers(self) -> None:
+        """Write what answered requests changed in the payer's ledgers (router.wallet)."""
+        if self.wallet is not None:
+            self.wallet.save()
+
     def _broke_off(self, served: Served) -> None:
         if self.wallet is not None:
-            self.wallet.broke_off(served.candidate.operator, served.nonce, served.chunks)
+            self.wallet.broke_off(served.candidate.operator, served.nonce, served.chunks, served.text_bytes)
 
     def _funded(self) -> bool:
         left = self.wallet.spendable() if self.wallet is not None else None
@@ -362,11 +418,13 @@ class Upstream:
             health.inflight = max(0, health.inflight + delta)
 
 
-def _refused(candidate: Candidate, response: httpx.Response, answer: Any, funded: bool = False) -> Exception:
+def _refused(
+    candidate: Candidate, response: aiohttp.ClientResponse, answer: Any, funded: bool = False
+) -> Exception:
     """What a non-200 answer means: the next host (_TryNext) or the client's answer (ApiError).
     `funded`: the router's own chain view shows spendable escrow, so a node saying there is none
     is behind the chain (a deposit it has not seen yet) and another node may know better."""
-    status = response.status_code
+    status = response.status
     error = answer.get("error") if isinstance(answer, dict) else None
     code = error.get("code") if isinstance(error, dict) else None
     reason = f"{candidate.operator}: HTTP {status}" + (f" {code}" if code else "")
@@ -387,16 +445,19 @@ def _tokens(usage: Any) -> int:
     return tokens
 
 
-def _has_text(choice: dict[str, Any]) -> bool:
+def _text(choice: dict[str, Any]) -> str:
+    """A completion or chat choice's text ("" for none, or for what is not text)."""
     delta = choice.get("delta")
-    return bool(choice.get("text") or (isinstance(delta, dict) and delta.get("content")))
+    text = choice.get("text") or (delta.get("content") if isinstance(delta, dict) else None)
+    return text if isinstance(text, str) else ""
 
 
-async def _next_event(lines: AsyncIterator[str]) -> str | None:
-    """The next `data:` payload; None at the end of the body."""
-    async for line in lines:
-        if line.startswith("data:"):
-            return line[5:].strip()
+async def _next_event(content: aiohttp.StreamReader) -> str | None:
+    """The next `data:` payload; None at the end of the body. A line longer than the read buffer
+    raises ValueError, like any other malformed stream."""
+    while line := await content.readline():
+        if line.startswith(b"data:"):
+            return line[5:].strip().decode()
     return None
 
 
@@ -407,14 +468,14 @@ def _json(raw: bytes) -> Any:
         return None
 
 
-def _passed_through(response: httpx.Response, answer: Any) -> ApiError:
+def _passed_through(response: aiohttp.ClientResponse, answer: Any) -> ApiError:
     """The node's own refusal, as the client's answer."""
     error = answer.get("error") if isinstance(answer, dict) else None
     if not isinstance(error, dict):
-        return ApiError(502, f"the node answered HTTP {response.status_code} without an error body")
+        return ApiError(502, f"the node answered HTTP {response.status} without an error body")
     retry = response.headers.get("x-should-retry")
     return ApiError(
-        response.status_code,
+        response.status,
         str(error.get("message") or ""),
         param=error.get("param"),
         code=error.get("code"),

@@ -72,6 +72,7 @@ class Wallet:
         self.low_escrow = low_escrow
         self._warned = False
         self._unsent: dict[str, Unsent] = {}
+        self._unsaved: set[str] = set()  # nodes whose ledger changed since it was last written
 
     def authorize(
         self, node: str, model_id: int, max_tokens: int, price_per_1k: int
@@ -87,7 +88,8 @@ class Wallet:
     def answered(self, node: str, endpoint: str, nonce: int, billing: Any, completion_tokens: int) -> Paid:
         """Check and countersign the receipt of an answered request; ReceiptRefused when it does
         not add up (a missing or malformed one included). The countersigned receipt rides with
-        the next request to the node, or `unsent()` hands it to a flush."""
+        the next request to the node, or `unsent()` hands it to a flush. The node's ledger is
+        written by the next `save()`."""
         try:
             decoded = Billing.decode(billing)
         except PaymentFormatError as exc:
@@ -95,11 +97,17 @@ class Wallet:
         try:
             signed = self.payer.accept(node, nonce, decoded, completion_tokens)
         finally:
-            if self.store is not None:
-                self.store.save_ledger(self.payer.ledger(node))
+            self._unsaved.add(node)  # written by save(): the caller may answer its client first
         self._unsent[signed.receipt.node] = Unsent(node, endpoint, signed, time.monotonic())
         self._check_escrow()
         return Paid(node, decoded.request.tokens, decoded.request.amount, signed.receipt.cumulative_amount)
+
+    def save(self) -> None:
+        """Write the ledgers `answered` changed (each node's in one transaction)."""
+        while self._unsaved:
+            node = self._unsaved.pop()
+            if self.store is not None:
+                self.store.save_ledger(self.payer.ledger(node))
 
     def unsent(self, idle_s: float) -> list[Unsent]:
         """Countersigned receipts no request carried to their node for `idle_s` seconds."""
@@ -125,10 +133,11 @@ class Wallet:
             out[node] = {"tokens": str(tokens), "amount": str(amount), "delivered": node not in self._unsent}
         return out
 
-    def broke_off(self, node: str, nonce: int, chunks: int) -> None:
-        """A request that ended without its answer after `chunks` text chunks: it may be billed
-        for those and at most `in_flight_slack` more (written by the node, cut on the way)."""
-        self.payer.broke_off(node, nonce, chunks, self.in_flight_slack)
+    def broke_off(self, node: str, nonce: int, chunks: int, text_bytes: int) -> None:
+        """A request that ended without its answer after `chunks` text chunks of `text_bytes`
+        bytes: it may be billed for what they hold and at most `in_flight_slack` more tokens
+        (written by the node, cut on the way); protocol.payer.Payer.broke_off."""
+        self.payer.broke_off(node, nonce, chunks, self.in_flight_slack, text_bytes)
         ledger = self.payer.ledger(node)
         if self.store is not None and nonce in ledger.auths:
             self.store.save_auth(ledger.node, ledger.auths[nonce])

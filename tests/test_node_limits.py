@@ -1,8 +1,10 @@
-"""The body size limit, in front of a real uvicorn server on a loopback port: announced and chunked
-bodies over the limit get OpenAI's 413 and the app never sees more than the limit."""
+"""The body size limit, in front of a real uvicorn server on a loopback port with each of the
+daemons' HTTP parsers (protocol.server: h11 for the node, httptools for the router): announced and
+chunked bodies over the limit get OpenAI's 413 and the app never sees more than the limit."""
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
@@ -18,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 
 from protocol.limits import BodyLimit
+from protocol.server import PROTOCOLS
 from tests.conftest import free_port
 
 LIMIT = 1000
@@ -27,6 +30,7 @@ LIMIT = 1000
 class Server:
     url: str
     port: int
+    parser: str = "h11"
     calls: list[str] = field(default_factory=list)  # paths the server handed to the middleware
     seen: list[int] = field(default_factory=list)  # body bytes each app request read in the end
     # What the apps have read so far, after each piece of body (None: they were cut off).
@@ -83,12 +87,20 @@ def make_app(server: Server) -> Any:
     return counted
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
-    """uvicorn serving the limited app on a free loopback port; stopped after the test."""
+@pytest.fixture(params=sorted(PROTOCOLS))
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """uvicorn serving the limited app on a free loopback port with one of the daemons' HTTP
+    protocols; stopped after the test."""
     port = free_port()
-    state = Server(url=f"http://127.0.0.1:{port}", port=port)
-    config = uvicorn.Config(make_app(state), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    state = Server(url=f"http://127.0.0.1:{port}", port=port, parser=request.param)
+    config = uvicorn.Config(
+        make_app(state),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        http=PROTOCOLS[request.param],
+    )
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -169,12 +181,17 @@ def test_contentLengthOverTheLimit_isAnsweredBeforeAnyBodyIsSent(server: Server)
     assert server.seen == []
 
 
-def test_hugeContentLength_is413(server: Server) -> None:
+def test_hugeContentLength_is413OrMalformedHttp(server: Server) -> None:
     # 20 digits is the most h11 lets through; the limit compares digit counts before it parses.
+    # httptools refuses a length beyond 2^64 itself, as malformed HTTP, in OpenAI's shape.
     answer = raw_request(
         server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 20 + b"\r\n\r\n"
     )
-    assert answer.startswith(b"HTTP/1.1 413 ")
+    if server.parser == "h11":
+        assert answer.startswith(b"HTTP/1.1 413 ")
+    else:
+        assert_malformed_http(answer)
+    assert server.calls == ([] if server.parser == "httptools" else ["/echo"])
 
 
 def test_chunkedBodyOverTheLimit_gets413AndTheAppSawAtMostTheLimit(server: Server) -> None:
@@ -201,13 +218,21 @@ def test_chunkedBodyOverTheLimit_endsAResponseTheAppHadStarted(server: Server) -
 
 
 def test_invalidContentLength_isRefusedWith400BeforeTheApp(server: Server) -> None:
-    # uvicorn's HTTP parser (h11) refuses these itself, in plain text, before any ASGI app runs.
+    # The HTTP parser refuses these itself, before any ASGI app runs; the answer is OpenAI's shape.
     for value in (b"abc", b"-1", b"+5", b"5, 6"):
         answer = raw_request(
             server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n"
         )
-        assert answer.startswith(b"HTTP/1.1 400 "), value
+        assert_malformed_http(answer)
     assert server.calls == []
+
+
+def assert_malformed_http(answer: bytes) -> None:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert b"\r\nx-should-retry: false" in head and b"\r\nconnection: close" in head
+    error = json.loads(body)["error"]
+    assert (error["code"], error["type"]) == ("invalid_http", "invalid_request_error")
 
 
 @pytest.mark.anyio

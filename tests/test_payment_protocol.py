@@ -218,6 +218,23 @@ def test_a_request_cut_short_is_billed_within_its_auth_in_the_next_receipt():
     assert signed.receipt.cumulative_tokens == 17
 
 
+@pytest.mark.parametrize(("billed", "accepted"), [(20, True), (22, True), (23, False), (9, False)])
+def test_a_stream_that_broke_off_is_billed_by_the_text_that_arrived(billed, accepted):
+    # 10 chunks holding 18 bytes of text (characters spelt in byte tokens): at least 10 tokens,
+    # at most 18 + the slack of 4 written by the node but cut on the way.
+    p, node = payer(), FakeNode()
+    broken, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    p.broke_off(NODE.address, broken, 10, slack=4, text_bytes=18)
+    node.bill(broken, billed)
+    nonce, _ = p.authorize(NODE.address, 1, 64, PRICE)
+    billing = node.bill(nonce, 5)
+    if accepted:
+        assert p.accept(NODE.address, nonce, billing, usage_tokens=5).receipt.cumulative_tokens == billed + 5
+    else:
+        with pytest.raises(ReceiptRefused, match=r"10\.\.22 arrived"):
+            p.accept(NODE.address, nonce, billing, usage_tokens=5)
+
+
 @pytest.mark.parametrize(
     ("tamper", "usage", "complaint"),
     [

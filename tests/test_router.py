@@ -138,6 +138,38 @@ def test_aStreamThatBreaksAfterItsFirstTokens_endsWithAnErrorEvent(mesh: Mesh) -
     assert "only those are paid for" in str(caught.value)
 
 
+def test_aClientThatLeavesMidStream_endsTheNodesRequestAtOnce(mesh: Mesh) -> None:
+    """The node's worker is stopped after the first token, so the stream can only end by the
+    client leaving: the router must notice that itself, end its request to the node (inflight 0)
+    and take the cut request's bill for what arrived."""
+    body = {"model": MODEL, "prompt": "def fix", "max_tokens": 2000, "temperature": 0, "stream": True}
+    worker, logged = None, len(mesh.router.log.read_bytes())  # the log of earlier tests is not ours
+    with httpx.stream("POST", mesh.router.url + "/v1/completions", json=body, timeout=60) as response:
+        operator = response.headers["x-llm-mesh-node"]
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"text":"' in line and '"text":""' not in line:
+                worker = _worker_pid(mesh, operator)
+                os.kill(worker, signal.SIGSTOP)
+                break
+    assert worker is not None
+    try:
+        mesh.router.until(
+            lambda: mesh.router.health()["nodes"][operator]["inflight"] == 0, 10, "the router to let go"
+        )
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    client = mesh.router.client()
+    for _ in range(3):  # the next requests carry the cut one's bill; none may be refused
+        assert client.completions.create(model=MODEL, prompt="def add", max_tokens=4).choices[0].text
+    assert b"receipt_refused" not in mesh.router.log.read_bytes()[logged:]
+
+
+def test_aGetOnACompletionRoute_is405InOpenAIsShape(mesh: Mesh) -> None:
+    response = httpx.get(mesh.router.url + "/v1/chat/completions", timeout=10)
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
 def _serving(mesh: Mesh) -> str:
     """The node with a request in flight, as the router sees it."""
     nodes = mesh.router.health()["nodes"]
