@@ -83,7 +83,7 @@ class RouterApp:
             )
             return
         if prepared.stream:
-            await _relay(self.router.upstream.events(opened), _served(opened.served), receive, send)
+            await _relay(self.router.events(prepared, opened), _served(opened.served), receive, send)
             return
         await JSONResponse(answer, headers=_served(served))(scope, receive, send)
         await asyncio.sleep(0)  # the answer's write leaves first (the server sends it on the next turn)

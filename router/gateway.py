@@ -13,8 +13,10 @@ because each signed auth caps what the node may bill.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,11 +168,20 @@ class Router:
         self._log(prepared, served)
 
     async def open_stream(self, prepared: Prepared) -> OpenStream:
-        opened = await self.upstream.open_stream(
+        """A stream whose first event arrived; relay `events(prepared, opened)` to the client."""
+        return await self.upstream.open_stream(
             PATHS[prepared.endpoint], prepared.body, self.candidates(prepared), prepared.want_usage
         )
-        self._log(prepared, opened.served)
-        return opened
+
+    async def events(self, prepared: Prepared, opened: OpenStream) -> AsyncIterator[bytes]:
+        """The stream's events for the client (router.upstream), and its log line once it ended,
+        so the line costs the first token nothing."""
+        try:
+            async with contextlib.aclosing(self.upstream.events(opened)) as events:
+                async for chunk in events:
+                    yield chunk
+        finally:
+            self._log(prepared, opened.served)
 
     def _log(self, prepared: Prepared, served: Served) -> None:
         log.info(

@@ -23,6 +23,7 @@ their `_sync` twins from plain code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -175,11 +176,13 @@ class _InProcess:
     async def events(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
         router = self._service.router
         try:
-            opened = await router.open_stream(router.prepare("chat", body))
+            prepared = router.prepare("chat", body)
+            opened = await router.open_stream(prepared)
         except ApiError as exc:
             raise MeshError(exc.status, exc.message, exc.code) from None
-        async for chunk in router.upstream.events(opened):
-            yield chunk
+        async with contextlib.aclosing(router.events(prepared, opened)) as events:
+            async for chunk in events:
+                yield chunk
 
     async def models(self) -> list[dict[str, Any]]:
         return self._service.router.models()
