@@ -166,26 +166,26 @@ def invalid_http() -> bytes:
     return head.encode() + body
 
 
-class CoalescingH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol over a CoalescingTransport, refusing malformed HTTP in OpenAI's shape."""
+class _CoalescingMixin:
+    """What both of uvicorn's protocols get here: a CoalescingTransport, and malformed HTTP
+    refused in OpenAI's shape."""
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
+    transport: Any
 
-    def send_400_response(self, msg: str) -> None:
-        self.transport.write(invalid_http())
-        self.transport.close()
-
-
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol over a CoalescingTransport, refusing malformed HTTP in OpenAI's shape."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[misc]
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(invalid_http())
         self.transport.close()
+
+
+class CoalescingH11Protocol(_CoalescingMixin, H11Protocol):
+    """uvicorn's h11 protocol over a CoalescingTransport."""
+
+
+class CoalescingHttpToolsProtocol(_CoalescingMixin, HttpToolsProtocol):
+    """uvicorn's httptools protocol over a CoalescingTransport."""
 
 
 PROTOCOLS: dict[str, type[asyncio.Protocol]] = {
