@@ -14,6 +14,7 @@ from node.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from node.serving import Stream
 from protocol import sse
 from protocol.errors import ApiError
+from protocol.http import disconnected
 
 router = APIRouter()
 T = TypeVar("T")
@@ -97,7 +98,7 @@ async def _serve(request: Request, endpoint: str) -> Response:
     if ctx.body.stream:
         return EventStream(stream)
     answer = asyncio.ensure_future(stream.collect())
-    gone = asyncio.ensure_future(_disconnected(request.receive))
+    gone = asyncio.ensure_future(disconnected(request.receive))
     try:
         await asyncio.wait({answer, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not answer.done():  # the client left: free the slot, nobody reads the answer
@@ -119,7 +120,7 @@ class EventStream(StreamingResponse):
         self.stream = stream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watcher = asyncio.ensure_future(_disconnected(receive))
+        watcher = asyncio.ensure_future(disconnected(receive))
         watcher.add_done_callback(lambda t: t.cancelled() or self.stream.cancel())
         try:
             await super().__call__(scope, receive, send)
@@ -132,7 +133,7 @@ async def _unless_gone(request: Request, preparing: Awaitable[T]) -> T:
     """Await `preparing` (queueing, loading, prefill) unless the client leaves first: then it is
     cancelled, which gives up its place in the queue or frees its slot in the worker."""
     work = asyncio.ensure_future(preparing)
-    gone = asyncio.ensure_future(_disconnected(request.receive))
+    gone = asyncio.ensure_future(disconnected(request.receive))
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
@@ -142,9 +143,3 @@ async def _unless_gone(request: Request, preparing: Awaitable[T]) -> T:
         return work.result()
     finally:
         gone.cancel()
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client has gone away."""
-    while (await receive())["type"] != "http.disconnect":
-        pass

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive
 
 from protocol.errors import ApiError
 
@@ -32,3 +33,10 @@ async def _http_error(request: Request, exc: Any) -> JSONResponse:
     return error_response(
         ApiError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
     )
+
+
+async def disconnected(receive: Receive) -> None:
+    """Return when the client has gone away (once a request's body is read, `receive` waits for
+    nothing else)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

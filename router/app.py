@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chain.logs import kv as _kv
 from protocol import sse
 from protocol.errors import ApiError
-from protocol.http import add_error_handlers, error_response
+from protocol.http import add_error_handlers, disconnected, error_response
 from protocol.limits import BodyLimit
 from router.gateway import Router
 from router.upstream import Served
@@ -109,7 +109,7 @@ async def _relay(events: AsyncIterator[bytes], served: dict[str, str], receive: 
         if not finished:
             task.cancel()
 
-    gone = asyncio.ensure_future(_disconnected(receive))
+    gone = asyncio.ensure_future(disconnected(receive))
     gone.add_done_callback(client_gone)
     headers = [(b"content-type", sse.CONTENT_TYPE.encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in {**sse.HEADERS, **served}.items()]
@@ -126,12 +126,6 @@ async def _relay(events: AsyncIterator[bytes], served: dict[str, str], receive: 
         finished = True
         gone.cancel()
         await events.aclose()  # type: ignore[attr-defined]
-
-
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the client has gone (after a whole body, receive waits for nothing else)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _body(receive: Receive) -> bytes | None:
