@@ -18,7 +18,7 @@ import pytest
 
 from node.config import ServingLimits
 from node.workers import memory_estimate
-from tests.gguf_models import write_tiny_llama
+from tests.gguf_models import scale_eos, write_tiny_llama
 from tests.node_fixtures import NodeServer, servable
 
 
@@ -260,26 +260,33 @@ def test_clientDisconnectBeforeFirstToken_freesTheSlot(tiny_model: Path) -> None
         server.stop()
 
 
-def test_workerKilledMidStream_errorEventThenRestarted(node_server: NodeServer) -> None:
-    c = client(node_server)
-    c.completions.create(model="tiny", prompt="x", max_tokens=1)
-    pid = health(node_server)["models"]["tiny"]["pid"]
-    stream = c.completions.create(model="tiny", prompt="x", max_tokens=400, stream=True, temperature=1.0)
-    with pytest.raises(openai.APIError) as caught:
-        for i, _ in enumerate(stream):
-            if i == 2:
-                os.kill(pid, signal.SIGKILL)
-    assert "signal 9" in str(caught.value)
-    again = wait_for(
-        lambda: health(node_server)["models"]["tiny"]["restarts"] == 1 and health(node_server),
-        what="a restart",
-    )
-    answer = c.completions.create(model="tiny", prompt="x", max_tokens=3)
-    assert answer.usage.completion_tokens >= 1
-    h = health(node_server)["models"]["tiny"]
-    assert h["state"] == "ready" and h["pid"] != pid and again["models"]["tiny"]["last_error"]
-    metrics = httpx.get(node_server.url + "/metrics", timeout=10).text
-    assert 'llm_mesh_worker_restarts_total{model="tiny"} 1.0' in metrics
+def test_workerKilledMidStream_errorEventThenRestarted(tmp_path: Path) -> None:
+    # The kill must land while the stream still runs: sampled at temperature 1 the tiny model could
+    # end (</s> or max_tokens) before it (seen once in CI). The endless model at temperature 0 must
+    # decode 8,000 tokens (about 6 s streamed here), while the kill follows the third chunk within ms.
+    endless = scale_eos(write_tiny_llama(tmp_path / "endless.gguf", seed=1, context=8192), 0.0)
+    server = NodeServer([servable(endless, "tiny", n_ctx=8192)], ServingLimits(max_tokens_cap=8000))
+    try:
+        c = client(server)
+        c.completions.create(model="tiny", prompt="x", max_tokens=1)
+        pid = health(server)["models"]["tiny"]["pid"]
+        stream = c.completions.create(model="tiny", prompt="x", max_tokens=8000, stream=True, temperature=0)
+        with pytest.raises(openai.APIError) as caught:
+            for i, _ in enumerate(stream):
+                if i == 2:
+                    os.kill(pid, signal.SIGKILL)
+        assert "signal 9" in str(caught.value)
+        again = wait_for(
+            lambda: health(server)["models"]["tiny"]["restarts"] == 1 and health(server), what="a restart"
+        )
+        answer = c.completions.create(model="tiny", prompt="x", max_tokens=3)
+        assert answer.usage.completion_tokens >= 1
+        h = health(server)["models"]["tiny"]
+        assert h["state"] == "ready" and h["pid"] != pid and again["models"]["tiny"]["last_error"]
+        metrics = httpx.get(server.url + "/metrics", timeout=10).text
+        assert 'llm_mesh_worker_restarts_total{model="tiny"} 1.0' in metrics
+    finally:
+        server.stop()
 
 
 def test_referencePath_identicalTopLogprobsWhileOthersStream(tiny_model: Path) -> None:
