@@ -1,15 +1,28 @@
-"""What the node's HTTP side and a model's worker process say to each other over their pipe.
+"""What the node's HTTP side and a model's worker process say to each other over their socket.
 
-Plain frozen dataclasses (pickled by multiprocessing), with no imports of ours: the worker process
+Plain frozen dataclasses, pickled and framed by length, with no imports of ours: the worker process
 imports only these, the slot scheduler and llama_cpp. The parent sends `Submit`, `Cancel` and `Stop`;
 the worker answers `Ready` once after loading (or `Fatal`), then one `Steps` message per decode step
 carrying every event of that step for every sequence, so IPC cost grows with steps, not tokens.
+
+The framing is ours (not multiprocessing's Connection) because the two ends differ: the worker
+blocks on its end (`Channel`), the node reads its end inside the event loop as bytes arrive
+(`Unframer` in an asyncio protocol), so no reader thread wakes per step and a long prompt sent
+to a busy worker never blocks the loop.
 """
 
 from __future__ import annotations
 
+import pickle
+import select
+import socket
+import struct
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
+
+_LENGTH = struct.Struct("!I")
+MAX_MESSAGE = 1 << 31  # a sanity bound: the node's body limit keeps real messages far below it
 
 # One generated token for `logprobs`: (text, logprob, raw bytes, top alternatives as
 # (text, logprob, raw bytes)). Tuples, not classes, keep the per-token pickle small.
@@ -145,3 +158,66 @@ class Steps:
     """Every event of one worker step, in order."""
 
     events: tuple[Event, ...] = field(default_factory=tuple)
+
+
+# -- framing -------------------------------------------------------------------------------------
+
+
+def frame(message: object) -> bytes:
+    """A message as bytes on the socket: its pickle's length, then the pickle."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+class Unframer:
+    """Bytes in, whole messages out, however the stream was split."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[object]:
+        buf = self._buf
+        buf += data
+        out: list[object] = []
+        start = 0
+        while len(buf) - start >= _LENGTH.size:
+            (n,) = _LENGTH.unpack_from(buf, start)
+            if n >= MAX_MESSAGE:
+                raise ValueError(f"a message of {n} bytes on the worker socket: the stream is corrupt")
+            end = start + _LENGTH.size + n
+            if len(buf) < end:
+                break
+            out.append(pickle.loads(memoryview(buf)[start + _LENGTH.size : end]))
+            start = end
+        del buf[:start]
+        return out
+
+
+class Channel:
+    """A blocking end of the socket (the worker's, and tests standing in for the node), with
+    multiprocessing Connection's send / recv / poll; recv raises EOFError once the peer closed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._unframer = Unframer()
+        self._pending: deque[object] = deque()
+
+    def send(self, message: object) -> None:
+        self.sock.sendall(frame(message))
+
+    def poll(self, timeout: float | None = 0.0) -> bool:
+        """Whether a message (or the peer's close) is ready within `timeout` seconds (None: wait)."""
+        if self._pending:
+            return True
+        return bool(select.select([self.sock], [], [], timeout)[0])
+
+    def recv(self) -> object:
+        while not self._pending:
+            data = self.sock.recv(1 << 20)
+            if not data:
+                raise EOFError("the other end of the worker socket closed")
+            self._pending.extend(self._unframer.feed(data))
+        return self._pending.popleft()
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,6 +1,6 @@
-"""The model's worker process: llama.cpp behind a pipe, continuous batching over slots.
+"""The model's worker process: llama.cpp behind a socket, continuous batching over slots.
 
-`main(spec, conn)` is the child's entry (multiprocessing, spawn context). It loads the model with
+`main(spec, sock)` is the child's entry (multiprocessing, spawn context). It loads the model with
 llama.cpp's low-level API, answers `Ready` (or `Fatal`), then loops: read every pending message,
 let waiting requests into free slots, run one `llama_decode` over the planned batch of the main
 context (and one step of the reference context), sample each sequence that has logits with its own
@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import os
 import random
+import socket
 import sys
 import time
 import traceback
@@ -28,6 +29,7 @@ import numpy as np
 from node.batching import Plan, SlotScheduler, TextStream
 from node.messages import (
     Cancel,
+    Channel,
     Event,
     Fatal,
     Finish,
@@ -149,7 +151,7 @@ class _Lane:
 
 
 class _Worker:
-    def __init__(self, spec: WorkerSpec, conn: Any) -> None:
+    def __init__(self, spec: WorkerSpec, conn: Channel) -> None:
         self.spec = spec
         self.conn = conn
         self.log = _LlamaLog()
@@ -242,7 +244,7 @@ class _Worker:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until Stop (or the parent's end of the pipe closes)."""
+        """Serve until Stop (or the node's end of the socket closes)."""
         conn = self.conn
         lanes = self.lanes
         while True:
@@ -287,7 +289,7 @@ class _Worker:
         elif isinstance(msg, Stop):
             return True
         else:
-            raise WorkerError(f"unexpected message {type(msg).__name__} on the worker's pipe")
+            raise WorkerError(f"unexpected message {type(msg).__name__} on the worker's socket")
         return False
 
     def _submit(self, msg: Submit, events: list[Event]) -> None:
@@ -496,9 +498,10 @@ class _Worker:
         return chain
 
 
-def main(spec: WorkerSpec, conn: Any) -> None:
-    """The worker process: load, send Ready, serve until Stop. Sends Fatal and exits 1 when the
-    model does not load or llama.cpp fails."""
+def main(spec: WorkerSpec, sock: socket.socket) -> None:
+    """The worker process: load, send Ready, serve until Stop (or the node's end closes). Sends
+    Fatal and exits 1 when the model does not load or llama.cpp fails."""
+    conn = Channel(sock)
     try:
         worker = _Worker(spec, conn)
         conn.send(worker.ready())

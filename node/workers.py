@@ -14,7 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
-import threading
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -22,7 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from node import worker as worker_main
-from node.messages import Cancel, Event, Fatal, Finished, Ready, Refused, Steps, Stop, Submit, WorkerSpec
+from node.messages import (
+    Cancel,
+    Event,
+    Fatal,
+    Finished,
+    Ready,
+    Refused,
+    Stop,
+    Submit,
+    Unframer,
+    WorkerSpec,
+    frame,
+)
 from node.queue import FairGate, WaitBudget
 from protocol.errors import ApiError
 from protocol.service import Service
@@ -50,9 +62,13 @@ class WorkerLost:
 
 
 class WorkerProcess:
-    """A running worker: submit requests, receive their events, stop or kill it."""
+    """A running worker: submit requests, receive their events, stop or kill it. Its socket is read
+    by the event loop itself (node.messages says why), so a step's events reach their requests'
+    queues with no thread in between. Made by `await WorkerProcess.start(...)`."""
 
-    def __init__(self, name: str, spec: WorkerSpec, on_exit: Callable[[WorkerProcess], None]) -> None:
+    def __init__(
+        self, name: str, spec: WorkerSpec, on_exit: Callable[[WorkerProcess], None], theirs: socket.socket
+    ) -> None:
         self.name = name
         self.spec = spec
         self.ready: Ready | None = None
@@ -61,14 +77,33 @@ class WorkerProcess:
         self._jobs: dict[int, asyncio.Queue[Event | WorkerLost]] = {}
         self._loop = asyncio.get_running_loop()
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
-        self._conn, child = _spawn.Pipe()
-        self._process = _spawn.Process(target=worker_main.main, args=(spec, child), name=f"worker:{name}")
-        self._process.start()
-        child.close()
+        self._reaped: asyncio.Future[None] = self._loop.create_future()
+        self._transport: asyncio.Transport | None = None
+        self._unframer = Unframer()
+        self._fatal: str | None = None
+        self._reaping: asyncio.Task[None] | None = None  # held: a task nobody references may vanish
         self._stopping = False
         self.exit_reason: str | None = None
-        self._reader = threading.Thread(target=self._read, name=f"worker-reader:{name}", daemon=True)
-        self._reader.start()
+        self._process = _spawn.Process(target=worker_main.main, args=(spec, theirs), name=f"worker:{name}")
+        self._process.start()
+
+    @classmethod
+    async def start(
+        cls, name: str, spec: WorkerSpec, on_exit: Callable[[WorkerProcess], None]
+    ) -> WorkerProcess:
+        """Spawn the worker and connect the node's end of its socket to this event loop."""
+        ours, theirs = socket.socketpair()
+        worker = None
+        try:
+            with theirs:  # the child holds its own copy once started
+                worker = cls(name, spec, on_exit, theirs)
+            await worker._loop.connect_accepted_socket(lambda: _WorkerSocket(worker), ours)
+        except BaseException:
+            ours.close()
+            if worker is not None:
+                worker.kill()
+            raise
+        return worker
 
     @property
     def pid(self) -> int | None:
@@ -118,7 +153,8 @@ class WorkerProcess:
         if self._process.is_alive():
             self.kill()
             await asyncio.to_thread(self._process.join, 5)
-        await asyncio.to_thread(self._reader.join, 5)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reaped), 5)
 
     def kill(self) -> None:
         self._stopping = True
@@ -135,25 +171,30 @@ class WorkerProcess:
             return None
 
     def _send(self, message: object) -> None:
-        with suppress(OSError, ValueError):  # a closed pipe: the reader thread reports the exit
-            self._conn.send(message)
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frame(message))
+        # Otherwise the worker is gone or going: _reap reports it to every request.
 
-    def _read(self) -> None:
-        fatal: str | None = None
+    def _received(self, data: bytes) -> None:
         try:
-            while True:
-                message = self._conn.recv()
-                if isinstance(message, Fatal):
-                    fatal = message.message
-                    continue
-                self._loop.call_soon_threadsafe(self._deliver, message)
-        except (EOFError, OSError):
-            pass
-        self._process.join(5)
-        with suppress(RuntimeError):  # the loop already closed: nobody is left to tell
-            self._loop.call_soon_threadsafe(self._exited, fatal)
+            messages = self._unframer.feed(data)
+        except Exception as exc:  # a corrupt stream: this worker cannot be trusted any more
+            self._fatal = f"its socket carried a bad message ({exc})"
+            self.kill()
+            return
+        for message in messages:
+            if isinstance(message, Fatal):
+                self._fatal = message.message
+            else:
+                self._deliver(message)
 
-    def _deliver(self, message: Ready | Steps) -> None:
+    async def _reap(self) -> None:
+        """The worker's end closed: wait for its exit code, then end its requests."""
+        await asyncio.to_thread(self._process.join, 5)
+        self._exited(self._fatal)
+        self._reaped.set_result(None)
+
+    def _deliver(self, message: object) -> None:
         if isinstance(message, Ready):
             self.ready = message
             if not self._ready.done():
@@ -176,7 +217,8 @@ class WorkerProcess:
             self.exit_reason = f"model {self.name}'s worker exited with code {code}"
         if self._stopping and not fatal:
             self.exit_reason = f"model {self.name}'s worker was stopped"
-        self._conn.close()
+        if self._transport is not None:
+            self._transport.close()
         if not self._ready.done():
             self._ready.set_exception(ApiError(503, self.exit_reason, code="model_failed"))
             self._ready.exception()  # retrieved: a load nobody awaits must not warn
@@ -188,6 +230,25 @@ class WorkerProcess:
 
     def _lost_message(self) -> str:
         return f"{self.exit_reason}; the request was stopped, retry it"
+
+
+class _WorkerSocket(asyncio.Protocol):
+    """The node's end of a worker's socket, read as bytes arrive."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.worker._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.worker._received(data)
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker._reaping = asyncio.create_task(self.worker._reap())
 
 
 def kv_bytes_per_token(header: Any) -> int:
@@ -371,7 +432,7 @@ class Workers(Service):
             log.info(
                 "event=model_loading model=%s model_id=%s path=%s", model.name, model.model_id, model.path
             )
-            worker = WorkerProcess(model.name, spec, lambda w: self._exited(entry, w))
+            worker = await WorkerProcess.start(model.name, spec, lambda w: self._exited(entry, w))
             entry.worker = worker
             ready = await worker.wait_ready(self.load_timeout)
             self.ready_info = ready

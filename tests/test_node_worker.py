@@ -5,9 +5,14 @@ Every test starts its own worker (spawn context, as the node does) and stops it 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
+import os
+import signal
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,6 +25,7 @@ from llama_cpp import Llama
 from node import worker
 from node.messages import (
     Cancel,
+    Channel,
     Fatal,
     Finished,
     LogprobEntry,
@@ -31,8 +37,11 @@ from node.messages import (
     Steps,
     Stop,
     Submit,
+    Unframer,
     WorkerSpec,
+    frame,
 )
+from node.workers import WorkerProcess
 from tests.gguf_models import scale_eos, write_tiny_llama
 
 TIMEOUT = 60.0  # seconds any single answer from the worker may take
@@ -61,11 +70,12 @@ class Result:
 
 
 class WorkerProc:
-    """A worker process and the parent's end of its pipe."""
+    """A worker process and the node's end of its socket."""
 
     def __init__(self, spec: WorkerSpec) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
+        ours, child = socket.socketpair()
+        self.conn = Channel(ours)
         self.proc = ctx.Process(target=worker.main, args=(spec, child), daemon=True)
         self.proc.start()
         child.close()
@@ -443,3 +453,60 @@ def test_fatal_whenTheFileIsNoModel(tmp_path: Path, content: bytes | None) -> No
         assert w.proc.exitcode not in (0, None)
     finally:
         w.stop()
+
+
+# -- the socket between the node and a worker -------------------------------------------------------
+
+
+def test_unframer_wholeMessagesHoweverTheBytesAreSplit() -> None:
+    messages = [Cancel(1), Submit(2, "x" * 70_000, Sampling(max_tokens=3)), Stop()]
+    data = b"".join(frame(m) for m in messages)
+    for size in (1, 3, 4096, len(data)):
+        unframer, out = Unframer(), []
+        for i in range(0, len(data), size):
+            out += unframer.feed(data[i : i + size])
+        assert out == messages
+
+
+def test_unframer_refusesAnAbsurdLength() -> None:
+    with pytest.raises(ValueError, match="corrupt"):
+        Unframer().feed(b"\xff\xff\xff\xff" + b"x" * 10)
+
+
+def test_channel_recvRaisesEOFErrorOnceThePeerClosed() -> None:
+    a, b = socket.socketpair()
+    ours = Channel(a)
+    try:
+        b.sendall(frame(Cancel(7)))
+        b.close()
+        assert ours.poll(1) and ours.recv() == Cancel(7)
+        with pytest.raises(EOFError):
+            ours.recv()
+    finally:
+        ours.close()
+
+
+def test_workerProcess_aLongPromptToAStoppedWorkerNeverBlocksTheLoop(tiny: Path) -> None:
+    # 4 MB is far more than the socket buffer: a blocking write would wait for the worker to read,
+    # and a stopped worker never does. The timer only ends the test if that regression comes back.
+    async def scenario() -> list[object]:
+        worker = await WorkerProcess.start("tiny", spec_for(tiny), lambda w: None)
+        try:
+            await worker.wait_ready(TIMEOUT)
+            assert worker.pid is not None
+            os.kill(worker.pid, signal.SIGSTOP)
+            rescue = threading.Timer(TIMEOUT, os.kill, (worker.pid, signal.SIGCONT))
+            rescue.start()
+            try:
+                queue = worker.submit(Submit(1, "a " * 2_000_000, Sampling(max_tokens=0)))
+                assert rescue.is_alive(), "submit blocked until the worker was woken"
+                assert worker._transport is not None and worker._transport.get_write_buffer_size() > 0
+            finally:
+                rescue.cancel()
+                os.kill(worker.pid, signal.SIGCONT)
+            return [await asyncio.wait_for(queue.get(), TIMEOUT)]
+        finally:
+            await worker.stop()
+
+    (event,) = asyncio.run(scenario())
+    assert isinstance(event, Refused) and event.param == "max_tokens"  # refused at once: no tokenizing
