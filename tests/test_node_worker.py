@@ -415,6 +415,11 @@ def test_refused_whenPromptDoesNotFit(tiny: Path) -> None:
         # An empty prompt is BOS alone on this vocabulary: it runs.
         empty = w.run(8, "", **greedy(2))
         assert empty.started is not None and empty.started.prompt_tokens == 1
+        # Far more bytes than 64 tokens can hold: refused before tokenizing (this 1 MB takes this
+        # vocabulary's tokenizer minutes, far past the TIMEOUT the answer must come within).
+        huge = w.run(9, "a " * 500_000, **greedy(1))
+        assert huge.refused is not None and huge.refused.param == "prompt"
+        assert "1000000 bytes" in huge.refused.message
 
 
 def test_refused_referenceWhenThePathIsOff(tiny: Path) -> None:
