@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import llama_cpp
@@ -49,6 +50,10 @@ from node.messages import (
 
 # ggml's log levels (ggml.h; llama_cpp/_logger.py lists older values).
 _LOG_WARN, _LOG_ERROR, _LOG_CONT = 3, 4, 5
+# Prompts up to this size are tokenized in the loop: at most ~15 ms on the slowest text measured
+# (code, on Gemma's vocabulary); longer ones on the tokenizer thread, so running streams go on.
+INLINE_TOKENIZE_BYTES = 16 << 10
+_TOKENIZED_POLL_S = 0.002  # an otherwise idle loop's wait while a long prompt is tokenized
 _DECODE_ERRORS = {
     1: "no KV cache slot for the batch",
     2: "aborted",
@@ -159,7 +164,10 @@ class _Worker:
         self._load()
         self._pieces: dict[int, tuple[bytes, bool]] = {}  # token -> (bytes, is end of generation)
         self._piece_buf = ctypes.create_string_buffer(256)
-        self._tok_buf = (llama_cpp.llama_token * 4096)()
+        # Long prompts are tokenized beside the loop (max_piece says why); their requests wait
+        # here, by id, until their tokens are ready.
+        self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="tokenizer")
+        self.tokenizing: dict[int, tuple[Submit, _Lane, Future[list[int]]]] = {}
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -209,9 +217,16 @@ class _Worker:
         of a prompt covers at most this many of its bytes, so a prompt longer than this times the
         tokens it may have cannot fit, and is refused without tokenizing it: llama.cpp's tokenizer
         is slower than linear on some text (216 KB of code: 2.3 s for Gemma, 4x the time of 108 KB),
-        and it runs in this loop, so a huge prompt would pause every stream of the model. Found on
-        first need (a scan of Gemma's 262,144 tokens takes 0.3 s): a prompt of no more bytes than
-        the tokens it may have always passes."""
+        so tokenizing a 1 MB prompt only to refuse it would take the streams' CPU for a minute.
+        Found on first need (a scan of Gemma's 262,144 tokens takes 0.3 s): a prompt of no more
+        bytes than the tokens it may have always passes. Sound for SPM and BPE vocabularies, whose
+        pieces spell the text back whole (SPM's "▁" for a space only adds bytes); the others may
+        normalize text away, so for them the bound is 0: off."""
+        if llama_cpp.llama_vocab_type(self.vocab) not in (
+            llama_cpp.LLAMA_VOCAB_TYPE_SPM,
+            llama_cpp.LLAMA_VOCAB_TYPE_BPE,
+        ):
+            return 0
         buf = ctypes.create_string_buffer(1024)
         longest = 1
         for token in range(self.n_vocab):
@@ -268,13 +283,18 @@ class _Worker:
             events: list[Event] = []
             try:
                 idle = not any(lane.busy for lane in lanes)
-                if idle and (self._handle(conn.recv(), events) or self._gather_burst(events)):
-                    return
+                if idle and not self.tokenizing:
+                    if self._handle(conn.recv(), events) or self._gather_burst(events):
+                        return
+                elif idle:
+                    conn.poll(_TOKENIZED_POLL_S)  # a message, or time to look at the tokenizer again
                 while conn.poll(0):
                     if self._handle(conn.recv(), events):
                         return
             except EOFError:
                 return
+            if self.tokenizing:
+                self._collect_tokenized(events)
             for lane in lanes:
                 if lane.waiting and lane.sched.free_slots:
                     self._admit(lane, events)
@@ -311,7 +331,9 @@ class _Worker:
 
     def _submit(self, msg: Submit, events: list[Event]) -> None:
         rid = msg.req_id
-        if any(rid in lane.requests or any(w.req_id == rid for w, _ in lane.waiting) for lane in self.lanes):
+        if rid in self.tokenizing or any(
+            rid in lane.requests or any(w.req_id == rid for w, _ in lane.waiting) for lane in self.lanes
+        ):
             events.append(Refused(rid, f"request id {rid} is already running", None))
             return
         lane = self.main
@@ -328,7 +350,7 @@ class _Worker:
             return
         room = lane.n_ctx - max_tokens  # BOS left out: the bound stays sound when the text holds it
         size = len(msg.prompt.encode("utf-8"))
-        if size > room and size > room * self.max_piece:
+        if size > room and self.max_piece and size > room * self.max_piece:
             events.append(
                 Refused(
                     rid,
@@ -339,7 +361,21 @@ class _Worker:
                 )
             )
             return
-        tokens = self._tokenize(msg.prompt, msg.special)
+        if size > INLINE_TOKENIZE_BYTES:
+            tokens = self._tokenizer.submit(self._tokenize, msg.prompt, msg.special)
+            self.tokenizing[rid] = (msg, lane, tokens)
+            return
+        self._queue(msg, lane, self._tokenize(msg.prompt, msg.special), events)
+
+    def _collect_tokenized(self, events: list[Event]) -> None:
+        for rid, (msg, lane, future) in list(self.tokenizing.items()):
+            if future.done():
+                del self.tokenizing[rid]
+                self._queue(msg, lane, future.result(), events)
+
+    def _queue(self, msg: Submit, lane: _Lane, tokens: list[int], events: list[Event]) -> None:
+        """A tokenized prompt: refused if it does not fit, else waiting for a slot of its lane."""
+        rid, max_tokens = msg.req_id, msg.sampling.max_tokens
         if not tokens:
             events.append(Refused(rid, "the prompt is empty after tokenization", "prompt"))
             return
@@ -369,6 +405,9 @@ class _Worker:
             events.append(Started(msg.req_id, len(tokens)))
 
     def _cancel(self, req_id: int, events: list[Event]) -> None:
+        if self.tokenizing.pop(req_id, None) is not None:  # its tokens, when ready, are dropped
+            events.append(Finished(req_id, "cancelled", 0, 0))
+            return
         for lane in self.lanes:
             req = lane.requests.get(req_id)
             if req is not None:
@@ -442,17 +481,22 @@ class _Worker:
     # -- llama.cpp helpers ---------------------------------------------------------------------
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
+        """Also called on the tokenizer thread: its buffer is its own (ctypes lets go of the GIL
+        inside llama_tokenize, which only reads the vocabulary, while llama_decode runs)."""
         data = text.encode("utf-8")
         vocab = self.vocab
-        n = llama_cpp.llama_tokenize(
-            vocab, data, len(data), self._tok_buf, len(self._tok_buf), False, special
-        )
+        # SPM writes a space as "▁" (3 bytes), which a byte-fallback vocabulary may spell as 3
+        # tokens: at most 3 tokens a byte, and the leading space. A short buffer would cost a
+        # second tokenization (llama_tokenize reports the size it needed after doing the work).
+        size = 3 * len(data) + 4
+        buf = (llama_cpp.llama_token * size)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, size, False, special)
         if n < 0:
             if n == -(2**31):
                 raise WorkerError("llama_tokenize overflowed")
-            self._tok_buf = (llama_cpp.llama_token * (-n))()
-            n = llama_cpp.llama_tokenize(vocab, data, len(data), self._tok_buf, -n, False, special)
-        tokens = self._tok_buf[:n]
+            buf = (llama_cpp.llama_token * (-n))()
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, -n, False, special)
+        tokens = buf[:n]
         # BOS as the vocabulary says, once: a rendered chat template may already start with it.
         if self.add_bos and not (special and tokens and tokens[0] == self.bos):
             tokens.insert(0, self.bos)

@@ -276,6 +276,29 @@ def test_stream_interleavesWhileLongPromptPrefills(tiny: Path) -> None:
         w.wait(1, 2)
 
 
+def test_stream_goesOnWhileALongPromptIsTokenized(tmp_path: Path) -> None:
+    """100 KB of "a " takes this vocabulary's tokenizer over half a second (slower than linear):
+    the running stream gets tokens meanwhile, then the prompt is refused for its token count."""
+    endless = scale_eos(write_tiny_llama(tmp_path / "endless.gguf", seed=1, context=16384), 0.0)
+    with running(spec_for(endless, n_ctx=16384, slots=3, reference_ctx=0)) as w:
+        w.submit(1, "def", **greedy(16000, logprobs=0))
+        while not w.results[1].pieces:
+            w.pump()
+        w.submit(2, "a " * 50_000, **greedy(1))
+        w.submit(3, "x", **greedy(1))  # its Started marks when the worker had read both
+        during = 0  # request 1's tokens after 3 started and before 2 was answered
+        while not w.results[2].done:
+            events = w.pump().events
+            if w.results[3].started is not None and not any(e.req_id in (2, 3) for e in events):
+                during += sum(isinstance(e, Piece) and e.req_id == 1 for e in events)
+        refused = w.results[2].refused
+        assert refused is not None and refused.param == "prompt" and "tokens" in refused.message
+        # Tokenized in the loop, 2 would be answered before 3 started, with no step between.
+        assert during > 0
+        w.conn.send(Cancel(1))
+        assert w.wait(1)[0].finished is not None
+
+
 def test_cancel_duringDecode_freesTheSlot(tiny: Path) -> None:
     with running(spec_for(tiny, slots=1)) as w:
         w.submit(1, "def", **greedy(500))
