@@ -349,7 +349,8 @@ class _Worker:
             events.append(Refused(rid, f"max_tokens must be at least 1, got {max_tokens}", "max_tokens"))
             return
         room = lane.n_ctx - max_tokens  # BOS left out: the bound stays sound when the text holds it
-        size = len(msg.prompt.encode("utf-8"))
+        data = msg.prompt.encode("utf-8")
+        size = len(data)
         if size > room and self.max_piece and size > room * self.max_piece:
             events.append(
                 Refused(
@@ -362,10 +363,10 @@ class _Worker:
             )
             return
         if size > INLINE_TOKENIZE_BYTES:
-            tokens = self._tokenizer.submit(self._tokenize, msg.prompt, msg.special)
+            tokens = self._tokenizer.submit(self._tokenize, data, msg.special)
             self.tokenizing[rid] = (msg, lane, tokens)
             return
-        self._queue(msg, lane, self._tokenize(msg.prompt, msg.special), events)
+        self._queue(msg, lane, self._tokenize(data, msg.special), events)
 
     def _collect_tokenized(self, events: list[Event]) -> None:
         for rid, (msg, lane, future) in list(self.tokenizing.items()):
@@ -480,10 +481,10 @@ class _Worker:
 
     # -- llama.cpp helpers ---------------------------------------------------------------------
 
-    def _tokenize(self, text: str, special: bool) -> list[int]:
-        """Also called on the tokenizer thread: its buffer is its own (ctypes lets go of the GIL
-        inside llama_tokenize, which only reads the vocabulary, while llama_decode runs)."""
-        data = text.encode("utf-8")
+    def _tokenize(self, data: bytes, special: bool) -> list[int]:
+        """UTF-8 text's tokens. Also called on the tokenizer thread: its buffer is its own (ctypes
+        lets go of the GIL inside llama_tokenize, which only reads the vocabulary, while
+        llama_decode runs)."""
         vocab = self.vocab
         # SPM writes a space as "▁" (3 bytes), which a byte-fallback vocabulary may spell as 3
         # tokens: at most 3 tokens a byte, and the leading space. A short buffer would cost a

@@ -61,10 +61,11 @@ class WorkerLost:
     message: str
 
 
-class WorkerProcess:
-    """A running worker: submit requests, receive their events, stop or kill it. Its socket is read
-    by the event loop itself (node.messages says why), so a step's events reach their requests'
-    queues with no thread in between. Made by `await WorkerProcess.start(...)`."""
+class WorkerProcess(asyncio.Protocol):
+    """A running worker: submit requests, receive their events, stop or kill it. It is the
+    protocol of its socket, read by the event loop itself (node.messages says why), so a step's
+    events reach their requests' queues with no thread in between. Made by
+    `await WorkerProcess.start(...)`."""
 
     def __init__(
         self, name: str, spec: WorkerSpec, on_exit: Callable[[WorkerProcess], None], theirs: socket.socket
@@ -97,7 +98,7 @@ class WorkerProcess:
         try:
             with theirs:  # the child holds its own copy once started
                 worker = cls(name, spec, on_exit, theirs)
-            await worker._loop.connect_accepted_socket(lambda: _WorkerSocket(worker), ours)
+            await worker._loop.connect_accepted_socket(lambda: worker, ours)
         except BaseException:
             ours.close()
             if worker is not None:
@@ -175,7 +176,18 @@ class WorkerProcess:
             self._transport.write(frame(message))
         # Otherwise the worker is gone or going: _reap reports it to every request.
 
-    def _received(self, data: bytes) -> None:
+    # -- the socket (asyncio.Protocol) ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def eof_received(self) -> bool:
+        return False  # close our end too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._reaping = asyncio.create_task(self._reap())
+
+    def data_received(self, data: bytes) -> None:
         try:
             messages = self._unframer.feed(data)
         except Exception as exc:  # a corrupt stream: this worker cannot be trusted any more
@@ -230,25 +242,6 @@ class WorkerProcess:
 
     def _lost_message(self) -> str:
         return f"{self.exit_reason}; the request was stopped, retry it"
-
-
-class _WorkerSocket(asyncio.Protocol):
-    """The node's end of a worker's socket, read as bytes arrive."""
-
-    def __init__(self, worker: WorkerProcess) -> None:
-        self.worker = worker
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.worker._transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.worker._received(data)
-
-    def eof_received(self) -> bool:
-        return False  # close our end too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.worker._reaping = asyncio.create_task(self.worker._reap())
 
 
 def kv_bytes_per_token(header: Any) -> int:
