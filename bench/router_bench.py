@@ -19,6 +19,12 @@ countersigning the receipt (by the client when direct, by the router through it)
   other) is compared with the router's normal TTFT; goal <= 1.5x. The killed node is started
   again between rounds and serves the router's requests a while (pairs at once) before the next
   kill, as a network's nodes have been serving.
+
+The router runs on its user's machine and the nodes on theirs; here they share one. So that the
+nodes' llama.cpp threads (which spin for a while after every request, on every core they have)
+do not take the CPU from the router and the client as they could not across a network, the
+nodes (and Anvil and kubo) run on half of this machine's cores with as many llama.cpp threads,
+and the client and the router on the other half (one core each on two cores).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +62,26 @@ TOKENS = 8
 NO_BURST = ("--burst-window-ms", "0")
 BODY = {"model": MODEL, "prompt": "def fix", "max_tokens": TOKENS, "temperature": 0}
 RATE = {"LLM_MESH_NODE_PAYMENTS__RATE_PER_S": "100000", "LLM_MESH_NODE_PAYMENTS__RATE_BURST": "1000000"}
+
+
+def split_cores() -> tuple[set[int], set[int]]:
+    """(the client's and router's cores, the nodes' cores): halves of this process's cores."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return set(cores), set(cores)
+    half = len(cores) // 2
+    return set(cores[:half]), set(cores[half:])
+
+
+@contextlib.contextmanager
+def on_cores(cores: set[int]) -> Iterator[None]:
+    """Run this process (and what it starts meanwhile: children inherit it) on `cores`."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -144,6 +171,7 @@ def failover(
     work: Path,
     kubo_api: str,
     rounds: int,
+    hosts: set[int],
 ) -> tuple[list[float], list[float]]:
     """(normal router TTFTs, TTFTs of the first request after the serving node was killed)."""
     normal, after_kill = [], []
@@ -160,7 +188,8 @@ def failover(
         ms, served = via_router(client, router_url, True)
         if served.get("failed_over"):
             after_kill.append(ms)
-        start_node(victim, work, kubo_api, **RATE)
+        with on_cores(hosts):
+            start_node(victim, work, kubo_api, **RATE)
         victim.child.wait_for(
             victim.url + "/v1/models", lambda m: any(x["id"] == MODEL for x in m["data"]), "serving"
         )
@@ -221,8 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         work = args.keep or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="router-bench-")))
         work.mkdir(parents=True, exist_ok=True)
-        anvil, w3 = start_anvil(work / "chain", free_port())
-        kubo = start_kubo(work)
+        clients, hosts = split_cores()
+        with on_cores(hosts):
+            anvil, w3 = start_anvil(work / "chain", free_port())
+            kubo = start_kubo(work)
         nodes: list[Node] = []
         router: Child | None = None
         try:
@@ -240,15 +271,18 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 # No burst window: the requests come one at a time, so it would only add the same
                 # wait to both paths' latency and to the failover's normal TTFT.
-                nodes = [operator(work, i, dev, MODEL, NO_BURST) for i, dev in enumerate((1, 5))]
+                host_args = (*NO_BURST, "--threads", str(len(hosts)))
+                nodes = [operator(work, i, dev, MODEL, host_args) for i, dev in enumerate((1, 5))]
                 for payer in (ROUTER_PAYER, DIRECT_PAYER):
                     deposit.main(["--dev-account", str(payer), "--amount", "100"])
             for node in nodes:
-                start_node(node, work, kubo.api_url, **RATE)
+                with on_cores(hosts):
+                    start_node(node, work, kubo.api_url, **RATE)
                 assert node.child is not None
                 node.child.wait_for(
                     node.url + "/v1/models", lambda m: any(x["id"] == MODEL for x in m["data"]), "serving"
                 )
+            os.sched_setaffinity(0, clients)  # this client, and the router it starts next
             port = free_port()
             router_url = f"http://127.0.0.1:{port}"
             env = {
@@ -286,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{'':22} the router's CPU: {spent:.2f} ms a request (its background work included)"
                     )
                 normal, killed = failover(
-                    direct, router, router_url, by_address, work, kubo.api_url, args.kills
+                    direct, router, router_url, by_address, work, kubo.api_url, args.kills, hosts
                 )
             if not killed:
                 print("failover: no request failed over (the router never chose the killed node)")
