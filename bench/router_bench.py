@@ -14,7 +14,7 @@ countersigning the receipt (by the client when direct, by the router through it)
   the difference; goals < 1 ms at p50 and < 3 ms at p99 (LiteLLM adds 3-4 ms, Bifrost ~0.5 ms).
 - failover: the node that served the last request is killed (kill -9 of the daemon and its
   worker, as a machine that dies), and once its processes are gone (on a network a dead node's
-  teardown does not run on the router's or the backup's CPU; here it shares their two cores) the
+  teardown does not run on the backup's CPU; here it shares the nodes' cores) the
   next streamed request's TTFT through the router (it reaches the dead node first, then the
   other) is compared with the router's normal TTFT; goal <= 1.5x. The killed node is started
   again between rounds and serves the router's requests a while (pairs at once) before the next
@@ -23,8 +23,9 @@ countersigning the receipt (by the client when direct, by the router through it)
 The router runs on its user's machine and the nodes on theirs; here they share one. So that the
 nodes' llama.cpp threads (which spin for a while after every request, on every core they have)
 do not take the CPU from the router and the client as they could not across a network, the
-nodes (and Anvil and kubo) run on half of this machine's cores with as many llama.cpp threads,
-and the client and the router on the other half (one core each on two cores).
+nodes (and Anvil and kubo) run on half of this machine's cores, each node with half as many
+llama.cpp threads (at least one), and the client and the router on the other half (one core each
+on two cores).
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def split_cores() -> tuple[set[int], set[int]]:
 
 @contextlib.contextmanager
 def on_cores(cores: set[int]) -> Iterator[None]:
-    """Run this process (and what it starts meanwhile: children inherit it) on `cores`."""
+    """Run this thread (and the processes it starts meanwhile: children inherit it) on `cores`."""
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cores)
     try:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 # No burst window: the requests come one at a time, so it would only add the same
                 # wait to both paths' latency and to the failover's normal TTFT.
-                host_args = (*NO_BURST, "--threads", str(len(hosts)))
+                host_args = (*NO_BURST, "--threads", str(max(1, len(hosts) // 2)))
                 nodes = [operator(work, i, dev, MODEL, host_args) for i, dev in enumerate((1, 5))]
                 for payer in (ROUTER_PAYER, DIRECT_PAYER):
                     deposit.main(["--dev-account", str(payer), "--amount", "100"])

@@ -117,8 +117,8 @@ async def _relay(events: AsyncIterator[bytes], served: dict[str, str], receive: 
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for chunk in events:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            # Let the chunk leave now: the server writes what a turn of the loop sent at its end, and
-            # reading the next event does not end the turn when the node's next events are buffered
+            # Let the chunk leave now: the server sends what was written once the loop turns, and
+            # reading the next event does not turn it when the node's next events are buffered
             # already (a fast node's whole answer, its receipt check included, would go out at once).
             await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
