@@ -131,6 +131,13 @@ class EscrowView:
             self._payers = MappingProxyType({**self._payers, payer: fresh})
         return fresh
 
+    def balance_at(self, payer: str, block: int) -> int:
+        """A payer's escrow balance as of `block` (RPC errors propagate)."""
+        balance, _, _ = self._settlement.functions.escrowOf(to_checksum_address(payer)).call(
+            block_identifier=block
+        )
+        return balance
+
     def _read(self, payer: str, block: int) -> PayerEscrow:
         calls = self._settlement.functions
         balance, unlocking, ready_at = calls.escrowOf(payer).call(block_identifier=block)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,9 @@ RETRYABLE = {"InsufficientEscrow", "NodeNotPayable", "ReputationOverflow"}
 class Outcome:
     settled: list[str]
     rejected: dict[str, str]  # payer -> error name
+    # payer -> its escrow balance as of the rejecting transaction's block: a retry waits for more.
+    # Read at that block, not later: a top-up landing meanwhile would otherwise become the bar.
+    balances: dict[str, int] = field(default_factory=dict)
 
 
 class Settler(Service):
@@ -206,6 +209,8 @@ class Settler(Service):
             outcome.settled.append(entry["args"]["payer"])
         for entry in self.settlement.events.ReceiptRejected().process_receipt(receipt, errors=DISCARD):
             outcome.rejected[entry["args"]["payer"]] = decode_revert(entry["args"]["reason"]).name
+        for payer in outcome.rejected:
+            outcome.balances[payer] = self.escrow.balance_at(payer, receipt["blockNumber"])
         gas = receipt["gasUsed"]
         log.info(
             _kv(
@@ -235,8 +240,7 @@ class Settler(Service):
                 if reason == "StaleReceipt":
                     await self._mark(signed, SETTLED, reason)
                 elif reason in RETRYABLE:
-                    escrow = self.escrow.payer(payer)
-                    self._retry_above[payer] = escrow.balance if escrow is not None else 0
+                    self._retry_above[payer] = outcome.balances.get(payer, 0)
                 else:
                     await self._mark(signed, DROPPED, reason)
 

@@ -410,6 +410,54 @@ def test_a_rejected_receipt_is_retried_in_the_same_run_once_the_payer_tops_up(
     assert node.stop() == 0
 
 
+def test_a_top_up_mined_right_after_the_rejection_still_gets_the_receipt_retried(
+    net: Net, daemon_factory
+) -> None:
+    """The top-up lands in the next block, before the node has read its settle's outcome: the bar
+    a retry waits to pass is the balance at the rejection, not the topped-up one (which left the
+    receipt waiting for yet another deposit)."""
+    node, receipt = short_escrow(net, daemon_factory)
+    w3, settlement, token = net.w3, net.market.contract("Settlement"), net.market.contract("NetworkToken")
+    top_up = 10**16
+    net.admin.send(token.functions.mint(PAYER.address, top_up))
+    TxSender(w3, PAYER).send(token.functions.approve(settlement.address, top_up))
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        unlock = settlement.functions.requestUnlock(1).build_transaction(_unmined(w3, PAYER))
+        w3.eth.send_raw_transaction(PAYER.sign_transaction(unlock).raw_transaction)
+        w3.provider.make_request("evm_mine", [])  # the unlock request: the node sends its settle
+        deadline = time.monotonic() + 30
+        while w3.eth.get_transaction_count(OPERATOR.address, "pending") == w3.eth.get_transaction_count(
+            OPERATOR.address, "latest"
+        ):
+            assert time.monotonic() < deadline, "the settle transaction never reached the mempool"
+            time.sleep(0.01)
+        deposit = settlement.functions.deposit(top_up).build_transaction(_unmined(w3, PAYER))
+        w3.provider.make_request("evm_mine", [])  # the settle, rejected: the escrow is short
+        w3.eth.send_raw_transaction(PAYER.sign_transaction(deposit).raw_transaction)
+        w3.provider.make_request("evm_mine", [])  # the top-up, ~ms later (the node polls every 0.1 s)
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+    node.until(
+        lambda: (
+            settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+            == receipt.receipt.cumulative_amount
+        ),
+        what="the retried settle",
+    )
+    assert settle_events(net, PAYER.address) == (2, 1)
+    assert node.stop() == 0
+
+
+def _unmined(w3, account) -> dict:
+    """Transaction fields for `account` while blocks are mined by hand (nothing waits for them)."""
+    return {
+        "from": account.address,
+        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        "gas": 300_000,
+    }
+
+
 def test_a_receipt_that_can_never_pay_is_dropped_and_never_sent_again(net: Net, daemon_factory) -> None:
     node, model_id, domain = start_paid(net, daemon_factory, settle_interval_s=3600)
     receipt = stored_receipt(node, Payer(PAYER, domain, price_of=lambda m: PRICE), model_id)
