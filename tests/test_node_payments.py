@@ -303,6 +303,21 @@ def settle_events(net: Net, payer: str) -> tuple[int, int]:
     return len(settled), len(rejected)
 
 
+def settle_in_mempool(w3) -> None:
+    """Wait until the node's settle transaction waits in the mempool (blocks mined by hand)."""
+    deadline = time.monotonic() + 30
+    while w3.eth.get_transaction_count(OPERATOR.address, "pending") == w3.eth.get_transaction_count(
+        OPERATOR.address, "latest"
+    ):
+        assert time.monotonic() < deadline, "the settle transaction never reached the mempool"
+        time.sleep(0.01)
+
+
+def paid_to_node(net: Net) -> int:
+    """What Settlement paid the node from PAYER's escrow so far."""
+    return net.market.contract("Settlement").functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
+
+
 def killed(node) -> None:
     node.proc.kill()
     node.proc.wait(10)
@@ -343,12 +358,7 @@ def test_kill_9_with_a_settle_transaction_in_flight_never_submits_it_twice(net: 
     w3.provider.make_request("evm_setAutomine", [False])
     try:
         node.proc.send_signal(signal.SIGTERM)  # shutdown settles: the transaction waits in the mempool
-        deadline = time.monotonic() + 30
-        while w3.eth.get_transaction_count(OPERATOR.address, "pending") == w3.eth.get_transaction_count(
-            OPERATOR.address, "latest"
-        ):
-            assert time.monotonic() < deadline, "the settle transaction never reached the mempool"
-            time.sleep(0.05)
+        settle_in_mempool(w3)
         killed(node)  # while the node waits for its receipt
     finally:
         w3.provider.make_request("evm_setAutomine", [True])
@@ -398,13 +408,7 @@ def test_a_rejected_receipt_is_retried_in_the_same_run_once_the_payer_tops_up(
     TxSender(net.w3, PAYER).send(settlement.functions.requestUnlock(1))
     node.until(lambda: settle_events(net, PAYER.address) == (1, 1), what="the rejected settle")
     fund(net, PAYER, 10**16)  # the top-up wakes the node, which sends the kept receipt again
-    node.until(
-        lambda: (
-            settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
-            == receipt.receipt.cumulative_amount
-        ),
-        what="the retried settle",
-    )
+    node.until(lambda: paid_to_node(net) == receipt.receipt.cumulative_amount, what="the retried settle")
     # One rejection in all: the node did not resend while the escrow stayed short.
     assert settle_events(net, PAYER.address) == (2, 1)
     assert node.stop() == 0
@@ -426,25 +430,14 @@ def test_a_top_up_mined_right_after_the_rejection_still_gets_the_receipt_retried
         unlock = settlement.functions.requestUnlock(1).build_transaction(_unmined(w3, PAYER))
         w3.eth.send_raw_transaction(PAYER.sign_transaction(unlock).raw_transaction)
         w3.provider.make_request("evm_mine", [])  # the unlock request: the node sends its settle
-        deadline = time.monotonic() + 30
-        while w3.eth.get_transaction_count(OPERATOR.address, "pending") == w3.eth.get_transaction_count(
-            OPERATOR.address, "latest"
-        ):
-            assert time.monotonic() < deadline, "the settle transaction never reached the mempool"
-            time.sleep(0.01)
+        settle_in_mempool(w3)
         deposit = settlement.functions.deposit(top_up).build_transaction(_unmined(w3, PAYER))
         w3.provider.make_request("evm_mine", [])  # the settle, rejected: the escrow is short
         w3.eth.send_raw_transaction(PAYER.sign_transaction(deposit).raw_transaction)
         w3.provider.make_request("evm_mine", [])  # the top-up, ~ms later (the node polls every 0.1 s)
     finally:
         w3.provider.make_request("evm_setAutomine", [True])
-    node.until(
-        lambda: (
-            settlement.functions.channelOf(PAYER.address, OPERATOR.address).call()[0]
-            == receipt.receipt.cumulative_amount
-        ),
-        what="the retried settle",
-    )
+    node.until(lambda: paid_to_node(net) == receipt.receipt.cumulative_amount, what="the retried settle")
     assert settle_events(net, PAYER.address) == (2, 1)
     assert node.stop() == 0
 
